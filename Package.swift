@@ -1,0 +1,48 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "vdevd",
+    products: [
+        .executable(name: "vdevd", targets: ["DeviceDaemon"]),
+        .library(name: "VhostUserTestSupport", targets: ["VhostUserTestSupport"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // Linux-only C: liburing, SCM_RIGHTS, fences, ioctl numbers. Swift never sees a macro.
+        .target(
+            name: "CVdevd",
+            path: "Sources/CVdevd",
+            linkerSettings: [.linkedLibrary("uring")]
+        ),
+        // Guest memory, split virtqueues, descriptor chains, pollers.
+        .target(name: "Virtio", dependencies: ["CVdevd"], path: "Sources/Virtio"),
+        .target(name: "Blk", dependencies: ["Virtio", "CVdevd"], path: "Sources/Blk"),
+        .target(
+            name: "Exports",
+            dependencies: ["Virtio", "Blk", "CVdevd", .product(name: "Logging", package: "swift-log")],
+            path: "Sources/Exports"
+        ),
+        .executableTarget(
+            name: "DeviceDaemon",
+            dependencies: [
+                "Exports", "Blk", "Virtio", "CVdevd",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/DeviceDaemon"
+        ),
+        // A vhost-user frontend (QEMU's part) over a real socket with memfd guest memory.
+        .target(name: "VhostUserTestSupport", dependencies: ["CVdevd"], path: "Sources/VhostUserTestSupport"),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "CVdevd", "VhostUserTestSupport"], path: "Tests/VirtioTests"),
+        .testTarget(
+            name: "ExportsTests",
+            dependencies: ["Exports", "Blk", "Virtio", "VhostUserTestSupport", "CVdevd"],
+            path: "Tests/ExportsTests"
+        ),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,122 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CVdevd
+import Virtio
+
+public struct BlkError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// A virtio-blk device backed by a file or block device (virtio 1.3, 5.2).
+public final class BlkDevice: VirtioDevice {
+    public let options: BlkOptions
+    public let fd: Int32
+    public let sizeBytes: UInt64
+    public let isBlockDevice: Bool
+    /// Capacity in 512-byte sectors (config `capacity`).
+    public let capacitySectors: UInt64
+    /// `writeback` config byte: 1 write back (flush needed), 0 write through (writes use RWF_DSYNC).
+    let writeback = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+    public let idBytes: [UInt8]
+
+    public var deviceID: VirtioDeviceID { .block }
+    public var maxQueues: Int { options.numQueues }
+    public var maxQueueSize: UInt32 { options.queueSize }
+
+    /// The feature bits this device offers; one constant, asserted by tests.
+    public static let features: UInt64 =
+        VirtioFeature.version1 | VirtioFeature.ringIndirectDesc | VirtioFeature.ringEventIdx
+        | BlkFeature.sizeMax | BlkFeature.segMax | BlkFeature.blkSize | BlkFeature.flush | BlkFeature.topology
+        | BlkFeature.configWCE | BlkFeature.mq | BlkFeature.discard | BlkFeature.writeZeroes
+    /// A read-only export offers RO and nothing that writes.
+    public static let readonlyFeatures: UInt64 =
+        (features & ~(BlkFeature.discard | BlkFeature.writeZeroes | BlkFeature.configWCE)) | BlkFeature.ro
+
+    public var offeredFeatures: UInt64 { options.readonly ? BlkDevice.readonlyFeatures : BlkDevice.features }
+
+    public init(options: BlkOptions) throws {
+        guard options.logicalBlockSize == 512 || options.logicalBlockSize == 4096 else {
+            throw BlkError("logical-block-size must be 512 or 4096")
+        }
+        self.options = options
+        let flags = vdv_open_flags(options.readonly ? 1 : 0, options.direct ? 1 : 0)
+        let fd = open(options.path, flags)
+        guard fd >= 0 else {
+            throw BlkError("cannot open \(options.path): \(String(cString: strerror(errno)))")
+        }
+        var isBlk: Int32 = 0
+        let size = vdv_file_size(fd, &isBlk)
+        guard size >= 0 else {
+            closeFD(fd)
+            throw BlkError("\(options.path) is not a regular file or block device (\(String(cString: strerror(Int32(-size)))))")
+        }
+        self.fd = fd
+        self.sizeBytes = UInt64(size)
+        self.isBlockDevice = isBlk != 0
+        // Whole logical blocks only: a tail shorter than a block is not addressable.
+        let lbs = UInt64(options.logicalBlockSize)
+        capacitySectors = (UInt64(size) / lbs * lbs) / BlkLayout.sectorSize
+        writeback.pointee = options.writeCache ? 1 : 0
+        idBytes = Array(options.id.utf8.prefix(BlkLayout.idBytes))
+    }
+
+    deinit {
+        closeFD(fd)
+        writeback.deallocate()
+    }
+
+    public var writebackEnabled: Bool { vdv_load_relaxed_u8(writeback) != 0 }
+
+    /// struct virtio_blk_config (virtio 1.3, 5.2.4), little-endian.
+    public func configBytes() -> [UInt8] {
+        var c = [UInt8](repeating: 0, count: BlkLayout.configSize)
+        func put<T: FixedWidthInteger>(_ v: T, _ off: Int) {
+            withUnsafeBytes(of: v.littleEndian) { for (i, b) in $0.enumerated() { c[off + i] = b } }
+        }
+        let lbsSectors = options.logicalBlockSize / 512
+        put(capacitySectors, 0)
+        put(BlkOptions.sizeMax, 8)
+        put(BlkOptions.segMax, 12)
+        // geometry (16..19) left zero
+        put(options.logicalBlockSize, 20)
+        put(UInt8(0), 24)                   // physical_block_exp
+        put(UInt8(0), 25)                   // alignment_offset
+        put(UInt16(1), 26)                  // min_io_size, in logical blocks
+        put(UInt32(0), 28)                  // opt_io_size
+        c[32] = vdv_load_relaxed_u8(writeback)
+        put(UInt16(options.numQueues), 34)
+        put(BlkOptions.maxDiscardSectors, 36)
+        put(BlkOptions.maxDiscardSegments, 40)
+        put(lbsSectors, 44)                 // discard_sector_alignment
+        put(BlkOptions.maxDiscardSectors, 48)
+        put(BlkOptions.maxDiscardSegments, 52)
+        c[56] = 1                           // write_zeroes_may_unmap
+        return c
+    }
+
+    public func readConfig(offset: Int, count: Int) -> [UInt8] {
+        let c = configBytes()
+        return (0..<count).map { i in offset + i < c.count ? c[offset + i] : 0 }
+    }
+
+    /// Only `writeback` is writable, and only when VIRTIO_BLK_F_CONFIG_WCE is offered (5.2.5).
+    public func writeConfig(offset: Int, bytes: [UInt8]) -> Bool {
+        guard !options.readonly, offset == BlkLayout.writebackOffset, bytes.count == 1, bytes[0] <= 1 else {
+            return false
+        }
+        vdv_store_relaxed_u8(writeback, bytes[0])
+        return true
+    }
+
+    public func featuresAcked(_ features: UInt64) {}
+
+    public func makeQueueHandler(context: QueueContext) throws -> QueueHandler {
+        BlkQueue(device: self, context: context)
+    }
+
+    public func reset() {
+        vdv_store_relaxed_u8(writeback, options.writeCache ? 1 : 0)
+    }
+}

@@ -1,0 +1,242 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CVdevd
+import Virtio
+
+/// One request in flight; slots are preallocated per queue so the data path allocates nothing.
+struct BlkRequestSlot {
+    var head: UInt16 = 0
+    var segments: ChainSegments
+    var iov: UnsafeMutablePointer<iovec>
+    var status: UnsafeMutablePointer<UInt8>? = nil
+    var pending: Int = 0
+    var failed = false
+    var expected: Int32 = 0
+    var usedLength: UInt32 = 0
+    var isWrite = false
+    var bytes: UInt64 = 0
+}
+
+/// Serves one virtio-blk queue on its poller (virtio 1.3, 5.2.6): parses requests and submits them to the
+/// poller's io_uring, reading and writing guest memory in place.
+final class BlkQueue: QueueHandler {
+    let device: BlkDevice
+    let binding: QueueBinding
+    let vq: SplitVirtqueue
+    let ring: IORing
+    let slotID: UInt16
+    let fd: Int32
+    let capacityBytes: UInt64
+    let stats: QueueStats
+    private var slots: UnsafeMutablePointer<BlkRequestSlot>
+    private let slotCount: Int
+    private var freeList: [UInt32]
+    private(set) var inflight = 0
+    /// Fairness between queues on one poller: at most this many new requests per pass.
+    static let batch = 64
+    static let segmentCapacity = Int(BlkOptions.segMax) + 2 + 8
+    private let header = UnsafeMutableRawPointer.allocate(byteCount: BlkLayout.headerSize, alignment: 8)
+
+    init(device: BlkDevice, context: QueueContext) {
+        self.device = device
+        binding = context.binding
+        vq = context.binding.vq
+        ring = context.ioRing
+        slotID = context.slot
+        fd = device.fd
+        capacityBytes = device.capacitySectors * BlkLayout.sectorSize
+        stats = context.binding.stats
+        slotCount = Int(vq.size)
+        slots = .allocate(capacity: slotCount)
+        for i in 0..<slotCount {
+            (slots + i).initialize(to: BlkRequestSlot(
+                segments: ChainSegments(capacity: BlkQueue.segmentCapacity),
+                iov: .allocate(capacity: BlkQueue.segmentCapacity)))
+        }
+        freeList = (0..<UInt32(slotCount)).reversed().map { $0 }
+        freeList.reserveCapacity(slotCount)
+    }
+
+    deinit {
+        for i in 0..<slotCount {
+            slots[i].segments.deallocate()
+            slots[i].iov.deallocate()
+        }
+        slots.deinitialize(count: slotCount)
+        slots.deallocate()
+        header.deallocate()
+    }
+
+    func process() throws -> Bool {
+        var n = 0
+        while n < BlkQueue.batch, !freeList.isEmpty, ring.hasRoom(Int(BlkOptions.maxDiscardSegments)) {
+            guard let head = try vq.popHead() else { break }
+            let tag = freeList.removeLast()
+            try start(tag: tag, head: head)
+            n += 1
+        }
+        return n > 0
+    }
+
+    /// Parses one chain and submits its I/O, or finishes it at once (GET_ID, errors).
+    private func start(tag: UInt32, head: UInt16) throws {
+        let s = slots + Int(tag)
+        s.pointee.head = head
+        s.pointee.pending = 0
+        s.pointee.failed = false
+        s.pointee.bytes = 0
+        s.pointee.isWrite = false
+        do {
+            try vq.readChain(head: head, into: &s.pointee.segments)
+        } catch {
+            freeList.append(tag)
+            throw error
+        }
+        inflight += 1
+        stats.add(.requests)
+        let segs = s.pointee.segments
+        // 5.2.6: a status byte at the end of the device-writable part.
+        guard let status = segs.lastWritableByte else {
+            finishMalformed(tag: tag)
+            return
+        }
+        s.pointee.status = status
+        s.pointee.usedLength = 1
+        guard segs.readableBytes >= UInt64(BlkLayout.headerSize),
+              segs.copyReadable(offset: 0, into: header, length: BlkLayout.headerSize) else {
+            return finish(tag: tag, .ioerr)
+        }
+        let type = BlkRequestType(rawValue: UInt32(littleEndian: header.loadUnaligned(as: UInt32.self)))
+        let sector = UInt64(littleEndian: header.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        let ud = IORing.userData(slot: slotID, tag: tag)
+
+        switch type {
+        case .in, .out:
+            let isWrite = type == .out
+            if isWrite && device.options.readonly { return finish(tag: tag, .ioerr) }
+            let length = isWrite ? segs.readableBytes - UInt64(BlkLayout.headerSize) : segs.writableBytes - 1
+            guard length % BlkLayout.sectorSize == 0, length <= UInt64(Int32.max), inRange(sector, length) else {
+                return finish(tag: tag, .ioerr)
+            }
+            guard length > 0 else { return finish(tag: tag, .ok) }
+            guard let n = segs.slice(writable: !isWrite, offset: isWrite ? BlkLayout.headerSize : 0,
+                                     length: Int(length), into: s.pointee.iov, outCapacity: BlkQueue.segmentCapacity)
+            else { return finish(tag: tag, .ioerr) }
+            s.pointee.expected = Int32(length)
+            s.pointee.bytes = length
+            s.pointee.isWrite = isWrite
+            s.pointee.usedLength = isWrite ? 1 : UInt32(length) + 1
+            s.pointee.pending = 1
+            let offset = sector * BlkLayout.sectorSize
+            if isWrite {
+                let flags: UInt32 = device.writebackEnabled ? 0 : VDV_RWF_DSYNC
+                _ = ring.writev(fd: fd, iov: s.pointee.iov, count: n, offset: offset, flags: flags, userData: ud)
+            } else {
+                _ = ring.readv(fd: fd, iov: s.pointee.iov, count: n, offset: offset, userData: ud)
+            }
+        case .flush:
+            s.pointee.expected = 0
+            s.pointee.pending = 1
+            _ = ring.fsync(fd: fd, dataOnly: !device.isBlockDevice, userData: ud)
+        case .getID:
+            // 5.2.6.1: the id fills up to 20 bytes, NUL-padded when shorter.
+            let room = Int(segs.writableBytes) - 1
+            guard room >= 0 else { return finish(tag: tag, .ioerr) }
+            var id = device.idBytes
+            if id.count < BlkLayout.idBytes { id.append(contentsOf: [UInt8](repeating: 0, count: BlkLayout.idBytes - id.count)) }
+            let written = id.withUnsafeBytes { segs.copyToWritable(offset: 0, from: $0.baseAddress!, length: min(room, id.count)) }
+            s.pointee.usedLength = UInt32(written) + 1
+            return finish(tag: tag, .ok)
+        case .discard, .writeZeroes:
+            if device.options.readonly { return finish(tag: tag, .ioerr) }
+            try startRanges(tag: tag, type: type, segs: segs, ud: ud)
+        default:
+            stats.add(.unsupported)
+            return finish(tag: tag, .unsupp)
+        }
+    }
+
+    /// DISCARD and WRITE_ZEROES: each range becomes one fallocate (punch a hole, or zero the range).
+    private func startRanges(tag: UInt32, type: BlkRequestType, segs: ChainSegments, ud: UInt64) throws {
+        let s = slots + Int(tag)
+        let payload = segs.readableBytes - UInt64(BlkLayout.headerSize)
+        let count = payload / UInt64(BlkLayout.discardSegmentSize)
+        guard payload % UInt64(BlkLayout.discardSegmentSize) == 0, count >= 1,
+              count <= UInt64(BlkOptions.maxDiscardSegments) else { return finish(tag: tag, .ioerr) }
+        let lbs = UInt64(device.options.logicalBlockSize) / BlkLayout.sectorSize
+        // Validate every range before submitting any, so a bad one changes nothing.
+        for i in 0..<Int(count) {
+            guard segs.copyReadable(offset: BlkLayout.headerSize + i * BlkLayout.discardSegmentSize, into: header,
+                                    length: BlkLayout.discardSegmentSize) else { return finish(tag: tag, .ioerr) }
+            let sector = UInt64(littleEndian: header.loadUnaligned(as: UInt64.self))
+            let num = UInt64(UInt32(littleEndian: header.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+            let flags = UInt32(littleEndian: header.loadUnaligned(fromByteOffset: 12, as: UInt32.self))
+            // 5.2.6.2: unmap is only meaningful for WRITE_ZEROES; other flag bits are reserved.
+            if flags & ~BlkLayout.discardUnmapFlag != 0 || (type == .discard && flags != 0) {
+                return finish(tag: tag, .unsupp)
+            }
+            guard num <= UInt64(BlkOptions.maxDiscardSectors), sector % lbs == 0, num % lbs == 0,
+                  inRange(sector, num * BlkLayout.sectorSize) else { return finish(tag: tag, .ioerr) }
+        }
+        s.pointee.expected = 0
+        for i in 0..<Int(count) {
+            _ = segs.copyReadable(offset: BlkLayout.headerSize + i * BlkLayout.discardSegmentSize, into: header,
+                                  length: BlkLayout.discardSegmentSize)
+            let sector = UInt64(littleEndian: header.loadUnaligned(as: UInt64.self))
+            let num = UInt64(UInt32(littleEndian: header.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+            let flags = UInt32(littleEndian: header.loadUnaligned(fromByteOffset: 12, as: UInt32.self))
+            guard num > 0 else { continue }
+            let mode = (type == .discard || flags & BlkLayout.discardUnmapFlag != 0) ? VDV_FALLOC_PUNCH_HOLE
+                                                                                     : VDV_FALLOC_ZERO_RANGE
+            s.pointee.pending += 1
+            _ = ring.fallocate(fd: fd, mode: mode, offset: sector * BlkLayout.sectorSize,
+                               length: num * BlkLayout.sectorSize, userData: ud)
+        }
+        if s.pointee.pending == 0 { finish(tag: tag, .ok) }
+    }
+
+    @inline(__always)
+    private func inRange(_ sector: UInt64, _ length: UInt64) -> Bool {
+        let (start, o1) = sector.multipliedReportingOverflow(by: BlkLayout.sectorSize)
+        guard !o1 else { return false }
+        let (end, o2) = start.addingReportingOverflow(length)
+        return !o2 && end <= capacityBytes
+    }
+
+    func complete(tag: UInt32, result: Int32) {
+        guard Int(tag) < slotCount else { return }
+        let s = slots + Int(tag)
+        guard s.pointee.pending > 0 else { return }
+        // A short transfer is an error too: the guest asked for exactly this many bytes.
+        if result < 0 || (s.pointee.expected > 0 && result != s.pointee.expected) { s.pointee.failed = true }
+        s.pointee.pending -= 1
+        if s.pointee.pending == 0 {
+            if !s.pointee.failed && s.pointee.bytes > 0 {
+                stats.add(s.pointee.isWrite ? .writtenBytes : .readBytes, s.pointee.bytes)
+            }
+            finish(tag: tag, s.pointee.failed ? .ioerr : .ok)
+        }
+    }
+
+    @inline(__always)
+    private func finish(tag: UInt32, _ status: BlkStatus) {
+        let s = slots + Int(tag)
+        if status != .ok {
+            stats.add(.errors)
+            s.pointee.usedLength = 1
+        }
+        s.pointee.status!.pointee = status.rawValue
+        binding.complete(head: s.pointee.head, length: s.pointee.usedLength)
+        freeList.append(tag)
+        inflight -= 1
+    }
+
+    /// A chain with no writable byte cannot carry a status: return it with nothing written.
+    private func finishMalformed(tag: UInt32) {
+        stats.add(.errors)
+        binding.complete(head: slots[Int(tag)].head, length: 0)
+        freeList.append(tag)
+        inflight -= 1
+    }
+}

@@ -1,0 +1,80 @@
+// C shims for vdevd: only stdint types and opaque pointers cross into Swift.
+#ifndef CVDEVD_H
+#define CVDEVD_H
+
+#include <stdint.h>
+
+// ---- Memory ordering on shared rings (virtio 1.3, 2.7.13: barriers) ----
+static inline uint16_t vdv_load_acquire_u16(const void *p) { return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE); }
+static inline uint16_t vdv_load_relaxed_u16(const void *p) { return __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED); }
+static inline void vdv_store_release_u16(void *p, uint16_t v) { __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE); }
+static inline void vdv_store_relaxed_u16(void *p, uint16_t v) { __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED); }
+static inline uint8_t vdv_load_relaxed_u8(const void *p) { return __atomic_load_n((const uint8_t *)p, __ATOMIC_RELAXED); }
+static inline void vdv_store_relaxed_u8(void *p, uint8_t v) { __atomic_store_n((uint8_t *)p, v, __ATOMIC_RELAXED); }
+static inline uint64_t vdv_load_relaxed_u64(const void *p) { return __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED); }
+static inline void vdv_store_relaxed_u64(void *p, uint64_t v) { __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELAXED); }
+static inline void vdv_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void vdv_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+static inline void vdv_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+static inline void vdv_cpu_relax(void) { __builtin_ia32_pause(); }
+
+// ---- io_uring (liburing), one ring per poller ----
+typedef struct vdv_uring vdv_uring;
+enum { VDV_OP_READV = 0, VDV_OP_WRITEV = 1 };
+// Returns NULL and sets *err to a negative errno on failure.
+vdv_uring *vdv_uring_create(uint32_t entries, int32_t *err);
+void vdv_uring_destroy(vdv_uring *ring);
+int32_t vdv_uring_register_eventfd(vdv_uring *ring, int32_t fd);
+// The prep calls return 0, or -EBUSY when the submission queue is full.
+int32_t vdv_uring_prep_rw(vdv_uring *ring, int32_t op, int32_t fd, const void *iov, uint32_t iovcnt,
+                          uint64_t offset, uint32_t rw_flags, uint64_t user_data);
+int32_t vdv_uring_prep_fsync(vdv_uring *ring, int32_t fd, int32_t datasync, uint64_t user_data);
+int32_t vdv_uring_prep_fallocate(vdv_uring *ring, int32_t fd, int32_t mode, uint64_t offset, uint64_t len,
+                                 uint64_t user_data);
+int32_t vdv_uring_prep_nop(vdv_uring *ring, uint64_t user_data);
+uint32_t vdv_uring_sq_space_left(vdv_uring *ring);
+// Submits queued SQEs; returns the count or a negative errno.
+int32_t vdv_uring_submit(vdv_uring *ring);
+// Copies up to max completions out and marks them seen; returns how many.
+uint32_t vdv_uring_reap(vdv_uring *ring, uint64_t *user_data, int32_t *res, uint32_t max);
+
+// ---- epoll, with a 64-bit tag per fd (struct epoll_event is packed; Swift never sees it) ----
+int32_t vdv_epoll_create(void);
+int32_t vdv_epoll_add(int32_t epfd, int32_t fd, uint32_t events, uint64_t tag);
+int32_t vdv_epoll_mod(int32_t epfd, int32_t fd, uint32_t events, uint64_t tag);
+int32_t vdv_epoll_del(int32_t epfd, int32_t fd);
+// Returns the number of events (tags[i], events[i]) or -errno; EINTR returns 0.
+int32_t vdv_epoll_wait(int32_t epfd, uint64_t *tags, uint32_t *events, int32_t max, int32_t timeout_ms);
+enum { VDV_EPOLLIN = 1, VDV_EPOLLOUT = 4, VDV_EPOLLERR = 8, VDV_EPOLLHUP = 16, VDV_EPOLLRDHUP = 0x2000 };
+
+// ---- Unix sockets with SCM_RIGHTS ----
+// recvmsg with up to maxfds fds (close-on-exec); extra fds beyond maxfds are closed and *truncated set to 1.
+int64_t vdv_recv_with_fds(int32_t sock, void *buf, uint64_t len, int32_t *fds, uint32_t maxfds, uint32_t *nfds,
+                          int32_t *truncated);
+int64_t vdv_send_with_fds(int32_t sock, const void *buf, uint64_t len, const int32_t *fds, uint32_t nfds);
+// Socket creation helpers: return fd or -errno.
+int32_t vdv_unix_listen(const char *path, uint32_t mode, int32_t backlog);
+int32_t vdv_unix_connect(const char *path, int32_t type);
+// accept4 with close-on-exec; fd or -errno.
+int32_t vdv_accept(int32_t listen_fd);
+// Returns 1 if a listener answers at path, 0 if nobody does (stale), -errno otherwise.
+int32_t vdv_unix_probe(const char *path);
+
+// ---- Files and devices ----
+int32_t vdv_open_flags(int32_t readonly, int32_t direct);
+// Size in bytes of a regular file or block device; -errno on failure.
+int64_t vdv_file_size(int32_t fd, int32_t *is_block_device);
+int32_t vdv_memfd_create(const char *name);
+int32_t vdv_eventfd(uint32_t initval, int32_t nonblock);
+extern const int32_t VDV_FALLOC_PUNCH_HOLE;   // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+extern const int32_t VDV_FALLOC_ZERO_RANGE;   // FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
+extern const uint32_t VDV_RWF_DSYNC;
+
+// ---- Threads and signals ----
+void vdv_block_term_signals(void);
+// Waits for SIGTERM, SIGINT or SIGHUP; returns the signal number.
+int32_t vdv_wait_term_signal(void);
+int32_t vdv_pin_thread_to_cpu(int32_t cpu);
+void vdv_set_thread_name(const char *name);
+
+#endif

@@ -1,0 +1,292 @@
+#define _GNU_SOURCE
+#include "cvdevd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct vdv_uring { struct io_uring ring; };
+
+vdv_uring *vdv_uring_create(uint32_t entries, int32_t *err) {
+    vdv_uring *r = calloc(1, sizeof(*r));
+    if (!r) { *err = -ENOMEM; return NULL; }
+    int rc = io_uring_queue_init(entries, &r->ring, 0);
+    if (rc < 0) { free(r); *err = rc; return NULL; }
+    *err = 0;
+    return r;
+}
+
+void vdv_uring_destroy(vdv_uring *r) {
+    if (!r) return;
+    io_uring_queue_exit(&r->ring);
+    free(r);
+}
+
+int32_t vdv_uring_register_eventfd(vdv_uring *r, int32_t fd) { return io_uring_register_eventfd(&r->ring, fd); }
+
+int32_t vdv_uring_prep_rw(vdv_uring *r, int32_t op, int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset,
+                          uint32_t rw_flags, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    if (op == VDV_OP_READV)
+        io_uring_prep_readv2(sqe, fd, (const struct iovec *)iov, iovcnt, offset, (int)rw_flags);
+    else
+        io_uring_prep_writev2(sqe, fd, (const struct iovec *)iov, iovcnt, offset, (int)rw_flags);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int32_t vdv_uring_prep_fsync(vdv_uring *r, int32_t fd, int32_t datasync, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int32_t vdv_uring_prep_fallocate(vdv_uring *r, int32_t fd, int32_t mode, uint64_t offset, uint64_t len,
+                                 uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_fallocate(sqe, fd, mode, (off_t)offset, (off_t)len);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int32_t vdv_uring_prep_nop(vdv_uring *r, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+uint32_t vdv_uring_sq_space_left(vdv_uring *r) { return io_uring_sq_space_left(&r->ring); }
+
+int32_t vdv_uring_submit(vdv_uring *r) {
+    int rc;
+    do { rc = io_uring_submit(&r->ring); } while (rc == -EINTR);
+    return rc;
+}
+
+uint32_t vdv_uring_reap(vdv_uring *r, uint64_t *user_data, int32_t *res, uint32_t max) {
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&r->ring, head, cqe) {
+        if (n == max) break;
+        user_data[n] = io_uring_cqe_get_data64(cqe);
+        res[n] = cqe->res;
+        n++;
+    }
+    if (n) io_uring_cq_advance(&r->ring, n);
+    return n;
+}
+
+int64_t vdv_recv_with_fds(int32_t sock, void *buf, uint64_t len, int32_t *fds, uint32_t maxfds, uint32_t *nfds,
+                          int32_t *truncated) {
+    char control[CMSG_SPACE(sizeof(int) * 32)];
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    struct msghdr msg = { 0 };
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    *nfds = 0;
+    *truncated = 0;
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *p = (int *)CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, p + i, sizeof(int));
+            if (*nfds < maxfds) fds[(*nfds)++] = fd;
+            else { close(fd); *truncated = 1; }
+        }
+    }
+    return n;
+}
+
+int64_t vdv_send_with_fds(int32_t sock, const void *buf, uint64_t len, const int32_t *fds, uint32_t nfds) {
+    char control[CMSG_SPACE(sizeof(int) * 32)];
+    if (nfds > 32) return -EINVAL;
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    struct msghdr msg = { 0 };
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        memset(control, 0, sizeof(control));
+        msg.msg_control = control;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    ssize_t n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+static int fill_addr(struct sockaddr_un *a, const char *path) {
+    memset(a, 0, sizeof(*a));
+    a->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(a->sun_path)) return -ENAMETOOLONG;
+    strcpy(a->sun_path, path);
+    return 0;
+}
+
+int32_t vdv_unix_listen(const char *path, uint32_t mode, int32_t backlog) {
+    struct sockaddr_un a;
+    int rc = fill_addr(&a, path);
+    if (rc) return rc;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    // Create the socket file with the requested mode, not the umask's idea of it.
+    mode_t old = umask(0777 & ~mode);
+    rc = bind(fd, (struct sockaddr *)&a, sizeof(a));
+    int e = errno;
+    umask(old);
+    if (rc < 0) { close(fd); return -e; }
+    if (chmod(path, mode) < 0) { e = errno; close(fd); unlink(path); return -e; }
+    if (listen(fd, backlog) < 0) { e = errno; close(fd); unlink(path); return -e; }
+    return fd;
+}
+
+int32_t vdv_unix_connect(const char *path, int32_t type) {
+    struct sockaddr_un a;
+    int rc = fill_addr(&a, path);
+    if (rc) return rc;
+    int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    do { rc = connect(fd, (struct sockaddr *)&a, sizeof(a)); } while (rc < 0 && errno == EINTR);
+    if (rc < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+int32_t vdv_unix_probe(const char *path) {
+    int fd = vdv_unix_connect(path, SOCK_STREAM);
+    if (fd >= 0) { close(fd); return 1; }
+    if (fd == -ECONNREFUSED || fd == -ENOENT) return 0;
+    return fd;
+}
+
+int32_t vdv_open_flags(int32_t readonly, int32_t direct) {
+    int f = O_CLOEXEC | (readonly ? O_RDONLY : O_RDWR);
+    if (direct) f |= O_DIRECT;
+    return f;
+}
+
+int64_t vdv_file_size(int32_t fd, int32_t *is_block_device) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) return -errno;
+    if (S_ISBLK(st.st_mode)) {
+        uint64_t size = 0;
+        if (ioctl(fd, BLKGETSIZE64, &size) < 0) return -errno;
+        *is_block_device = 1;
+        return (int64_t)size;
+    }
+    *is_block_device = 0;
+    if (!S_ISREG(st.st_mode)) return -EINVAL;
+    return st.st_size;
+}
+
+int32_t vdv_memfd_create(const char *name) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int32_t vdv_eventfd(uint32_t initval, int32_t nonblock) {
+    int fd = eventfd(initval, EFD_CLOEXEC | (nonblock ? EFD_NONBLOCK : 0));
+    return fd < 0 ? -errno : fd;
+}
+
+const int32_t VDV_FALLOC_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+const int32_t VDV_FALLOC_ZERO_RANGE = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+const uint32_t VDV_RWF_DSYNC = RWF_DSYNC;
+
+static void term_set(sigset_t *s) {
+    sigemptyset(s);
+    sigaddset(s, SIGTERM);
+    sigaddset(s, SIGINT);
+    sigaddset(s, SIGHUP);
+}
+
+void vdv_block_term_signals(void) {
+    sigset_t s;
+    term_set(&s);
+    pthread_sigmask(SIG_BLOCK, &s, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+int32_t vdv_wait_term_signal(void) {
+    sigset_t s;
+    term_set(&s);
+    int sig = 0;
+    while (sigwait(&s, &sig) != 0) {}
+    return sig;
+}
+
+int32_t vdv_pin_thread_to_cpu(int32_t cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return -pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+void vdv_set_thread_name(const char *name) {
+    char n[16];
+    strncpy(n, name, 15);
+    n[15] = 0;
+    pthread_setname_np(pthread_self(), n);
+}
+
+int32_t vdv_epoll_create(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+static int32_t epoll_op(int32_t epfd, int op, int32_t fd, uint32_t events, uint64_t tag) {
+    struct epoll_event ev = { .events = events, .data.u64 = tag };
+    return epoll_ctl(epfd, op, fd, &ev) < 0 ? -errno : 0;
+}
+
+int32_t vdv_epoll_add(int32_t epfd, int32_t fd, uint32_t events, uint64_t tag) { return epoll_op(epfd, EPOLL_CTL_ADD, fd, events, tag); }
+int32_t vdv_epoll_mod(int32_t epfd, int32_t fd, uint32_t events, uint64_t tag) { return epoll_op(epfd, EPOLL_CTL_MOD, fd, events, tag); }
+int32_t vdv_epoll_del(int32_t epfd, int32_t fd) { return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) < 0 ? -errno : 0; }
+
+int32_t vdv_epoll_wait(int32_t epfd, uint64_t *tags, uint32_t *events, int32_t max, int32_t timeout_ms) {
+    struct epoll_event evs[64];
+    if (max > 64) max = 64;
+    int n = epoll_wait(epfd, evs, max, timeout_ms);
+    if (n < 0) return errno == EINTR ? 0 : -errno;
+    for (int i = 0; i < n; i++) { tags[i] = evs[i].data.u64; events[i] = evs[i].events; }
+    return n;
+}
+
+int32_t vdv_accept(int32_t listen_fd) {
+    int fd;
+    do { fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC); } while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : fd;
+}

@@ -1,0 +1,124 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import CVdevd
+import Exports
+import Logging
+import Virtio
+
+/// `vdevd`: serves virtio devices to VMs over vhost-user sockets.
+struct VdevdCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vdevd",
+        abstract: "Serve virtio devices (blk) to virtual machines over vhost-user sockets.",
+        discussion: """
+        Each --export is TYPE,key=value,... (a comma inside a value is written ,,). Export types and keys:
+
+        \(ExportSpec.helpText)
+        Example:
+          vdevd --export vhost-user-blk,id=disk0,path=disk.img,socket=/tmp/disk0.sock
+          qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on \\
+            -machine q35,memory-backend=mem \\
+            -chardev socket,id=c0,path=/tmp/disk0.sock -device vhost-user-blk-pci,chardev=c0
+
+        SIGTERM or SIGINT stops vdevd cleanly: in-flight requests complete, sockets are removed, exit status 0.
+        Bad usage exits with status 2 before anything is created.
+        """
+    )
+
+    @Option(name: .customLong("export"), help: ArgumentHelp("An export: TYPE,key=value,... (repeatable).", valueName: "spec"))
+    var exports: [String] = []
+
+    @Option(help: "Number of poller threads serving all queues.")
+    var pollers: Int = 1
+
+    @Option(help: ArgumentHelp("CPUs to pin pollers to, in order (e.g. 2,3).", valueName: "list"))
+    var cpus: String?
+
+    @Option(name: .customLong("poll-us"), help: "Microseconds a poller keeps spinning after its last work (0 = sleep at once).")
+    var pollMicroseconds: UInt64 = 0
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func run() throws {
+        guard let level = Logger.Level(rawValue: logLevel) else { usageError("--log-level: unknown level '\(logLevel)'") }
+        guard !exports.isEmpty else { usageError("nothing to serve: give at least one --export (see --help)") }
+        guard (1...64).contains(pollers) else { usageError("--pollers: expected 1...64, got \(pollers)") }
+        var cpuList: [Int32] = []
+        if let cpus {
+            for c in cpus.split(separator: ",") {
+                guard let n = Int32(c), n >= 0 else { usageError("--cpus: '\(c)' is not a CPU number") }
+                cpuList.append(n)
+            }
+        }
+        var specs: [ExportSpec] = []
+        do {
+            for e in exports { specs.append(try ExportSpec.parse(e)) }
+            try ExportSpec.validate(specs)
+            for s in specs where s.poller != nil && s.poller! >= pollers {
+                throw ExportSpecError(export: s.id, key: "poller", message: "no poller \(s.poller!) (there are \(pollers))")
+            }
+        } catch {
+            usageError("\(error)")
+        }
+
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "vdevd")
+        // Signals are taken synchronously by the main thread; every other thread inherits the mask.
+        vdv_block_term_signals()
+
+        let group: PollerGroup
+        do { group = try PollerGroup(count: pollers, cpus: cpuList, pollMicroseconds: pollMicroseconds) } catch {
+            logger.critical("cannot start pollers: \(error)")
+            throw ExitCode(1)
+        }
+        var started: [Export] = []
+        for s in specs {
+            do {
+                let e = try ExportFactory.make(s, pollers: group, logger: logger)
+                e.start()
+                started.append(e)
+            } catch {
+                logger.critical("\(error)")
+                for e in started { e.stop() }
+                group.stopAll()
+                throw ExitCode(1)
+            }
+        }
+        logger.info("vdevd ready: \(started.count) export(s), \(pollers) poller(s)")
+        let sig = vdv_wait_term_signal()
+        logger.info("signal \(sig): stopping")
+        for e in started { e.stop() }
+        group.stopAll()
+        logger.info("vdevd stopped")
+    }
+
+    func usageError(_ message: String) -> Never {
+        FileHandleStderr.write("vdevd: \(message)\n")
+        Glibc.exit(2)
+    }
+}
+
+enum FileHandleStderr {
+    static func write(_ s: String) {
+        var bytes = Array(s.utf8)
+        _ = Glibc.write(2, &bytes, bytes.count)
+    }
+}
+
+// Argument errors exit with status 2 (not ArgumentParser's 64), like every other usage error here.
+do {
+    var command = try VdevdCommand.parseAsRoot()
+    try command.run()
+} catch {
+    let code = VdevdCommand.exitCode(for: error)
+    if code == .success || error is ExitCode { VdevdCommand.exit(withError: error) }
+    FileHandleStderr.write(VdevdCommand.fullMessage(for: error) + "\n")
+    Glibc.exit(2)
+}

@@ -1,0 +1,188 @@
+import Blk
+
+/// An export as the operator wrote it: `TYPE,key=value,...` (a literal comma in a value is written `,,`,
+/// as in QEMU). Parsing validates every key and value before anything is created.
+public struct ExportSpec: Equatable {
+    public enum Kind: String, CaseIterable {
+        case vhostUserBlk = "vhost-user-blk"
+    }
+
+    public struct Key {
+        public let name: String
+        public let help: String
+        public let required: Bool
+    }
+
+    public static let keys: [Kind: [Key]] = [
+        .vhostUserBlk: [
+            Key(name: "id", help: "export name; used in logs, stats and as the disk serial (GET_ID)", required: true),
+            Key(name: "path", help: "image file or block device", required: true),
+            Key(name: "socket", help: "vhost-user socket path to create", required: true),
+            Key(name: "num-queues", help: "request queues, 1-64 (default 1)", required: false),
+            Key(name: "queue-size", help: "largest queue size accepted, power of two 64-32768 (default 256)", required: false),
+            Key(name: "readonly", help: "on|off: VIRTIO_BLK_F_RO, writes fail and never reach the file (default off)", required: false),
+            Key(name: "direct", help: "on|off: open the image with O_DIRECT (default off)", required: false),
+            Key(name: "logical-block-size", help: "512|4096 (default 512)", required: false),
+            Key(name: "write-cache", help: "on|off: initial write-back mode; the guest may change it (default on)", required: false),
+            Key(name: "socket-mode", help: "octal permissions of the socket file (default 0660)", required: false),
+            Key(name: "poller", help: "index of the poller thread that serves this export's queues (default: least loaded)", required: false),
+        ],
+    ]
+
+    public var kind: Kind
+    public var id: String
+    public var blk: BlkOptions
+    public var socket: String
+    public var socketMode: UInt32 = 0o660
+    public var poller: Int?
+
+    public init(kind: Kind, blk: BlkOptions, socket: String) {
+        self.kind = kind
+        self.id = blk.id
+        self.blk = blk
+        self.socket = socket
+    }
+
+    /// Help text listing every export type and key.
+    public static var helpText: String {
+        var out = ""
+        for kind in Kind.allCases {
+            out += "\(kind.rawValue):\n"
+            for k in keys[kind]! {
+                let left = "  \(k.name)\(k.required ? " (required)" : "")"
+                out += left + String(repeating: " ", count: max(1, 30 - left.count))
+                out += k.help + "\n"
+            }
+        }
+        return out
+    }
+
+    /// Splits on single commas; `,,` is a literal comma.
+    static func split(_ s: String) -> [String] {
+        var parts: [String] = []
+        var cur = ""
+        var chars = Array(s)
+        var i = 0
+        while i < chars.count {
+            if chars[i] == "," {
+                if i + 1 < chars.count && chars[i + 1] == "," { cur.append(","); i += 2; continue }
+                parts.append(cur)
+                cur = ""
+            } else {
+                cur.append(chars[i])
+            }
+            i += 1
+        }
+        parts.append(cur)
+        chars.removeAll()
+        return parts
+    }
+
+    public static func parse(_ text: String) throws -> ExportSpec {
+        let parts = split(text)
+        let typeName = parts[0]
+        guard let kind = Kind(rawValue: typeName) else {
+            throw ExportSpecError(export: nil, key: nil,
+                                  message: "unknown export type '\(typeName)' (known: \(Kind.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        var values: [String: String] = [:]
+        var order: [String] = []
+        for p in parts.dropFirst() {
+            guard let eq = p.firstIndex(of: "=") else {
+                throw ExportSpecError(export: nil, key: p, message: "expected key=value, got '\(p)'")
+            }
+            let k = String(p[..<eq]), v = String(p[p.index(after: eq)...])
+            if values[k] != nil { throw ExportSpecError(export: nil, key: k, message: "given twice") }
+            values[k] = v
+            order.append(k)
+        }
+        let id = values["id"]
+        let known = Set(keys[kind]!.map(\.name))
+        for k in order where !known.contains(k) {
+            throw ExportSpecError(export: id, key: k,
+                                  message: "unknown key for \(kind.rawValue) (known: \(keys[kind]!.map(\.name).joined(separator: ", ")))")
+        }
+        for k in keys[kind]! where k.required && (values[k.name] ?? "").isEmpty {
+            throw ExportSpecError(export: id, key: k.name, message: "required")
+        }
+        let v = Values(export: id!, values: values)
+        var blk = BlkOptions(id: id!, path: values["path"]!)
+        blk.numQueues = try v.int("num-queues", 1...64) ?? 1
+        blk.queueSize = UInt32(try v.int("queue-size", 64...32768) ?? 256)
+        guard blk.queueSize & (blk.queueSize - 1) == 0 else {
+            throw ExportSpecError(export: id, key: "queue-size", message: "must be a power of two, got \(blk.queueSize)")
+        }
+        blk.readonly = try v.bool("readonly") ?? false
+        blk.direct = try v.bool("direct") ?? false
+        blk.writeCache = try v.bool("write-cache") ?? true
+        if let lbs = try v.int("logical-block-size", 512...4096) {
+            guard lbs == 512 || lbs == 4096 else {
+                throw ExportSpecError(export: id, key: "logical-block-size", message: "must be 512 or 4096, got \(lbs)")
+            }
+            blk.logicalBlockSize = UInt32(lbs)
+        }
+        var spec = ExportSpec(kind: kind, blk: blk, socket: values["socket"]!)
+        if let m = values["socket-mode"] {
+            guard let mode = UInt32(m, radix: 8), mode <= 0o777 else {
+                throw ExportSpecError(export: id, key: "socket-mode", message: "expected octal permissions like 0660, got '\(m)'")
+            }
+            spec.socketMode = mode
+        }
+        spec.poller = try v.int("poller", 0...1023)
+        return spec
+    }
+
+    /// Checks across exports: ids and socket paths are unique.
+    public static func validate(_ specs: [ExportSpec]) throws {
+        var ids = Set<String>(), sockets = Set<String>()
+        for s in specs {
+            guard ids.insert(s.id).inserted else { throw ExportSpecError(export: s.id, key: "id", message: "used by two exports") }
+            guard sockets.insert(s.socket).inserted else {
+                throw ExportSpecError(export: s.id, key: "socket", message: "\(s.socket) is used by two exports")
+            }
+        }
+    }
+}
+
+private struct Values {
+    let export: String
+    let values: [String: String]
+
+    func int(_ key: String, _ range: ClosedRange<Int>) throws -> Int? {
+        guard let s = values[key] else { return nil }
+        guard let n = Int(s), range.contains(n) else {
+            throw ExportSpecError(export: export, key: key,
+                                  message: "expected an integer in \(range.lowerBound)...\(range.upperBound), got '\(s)'")
+        }
+        return n
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let s = values[key] else { return nil }
+        switch s.lowercased() {
+        case "on", "true", "yes", "1": return true
+        case "off", "false", "no", "0": return false
+        default: throw ExportSpecError(export: export, key: key, message: "expected on or off, got '\(s)'")
+        }
+    }
+}
+
+/// A bad export option: names the export (when its id is known) and the key.
+public struct ExportSpecError: Error, CustomStringConvertible, Equatable {
+    public let export: String?
+    public let key: String?
+    public let message: String
+
+    public init(export: String?, key: String?, message: String) {
+        self.export = export
+        self.key = key
+        self.message = message
+    }
+
+    public var description: String {
+        var s = "export"
+        if let export { s += " '\(export)'" }
+        if let key { s += ", key '\(key)'" }
+        return s + ": " + message
+    }
+}

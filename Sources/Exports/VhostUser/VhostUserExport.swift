@@ -1,0 +1,97 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CVdevd
+import Logging
+import Virtio
+
+/// A device served on a vhost-user socket: one listening Unix socket, one frontend at a time, served on the
+/// export's own control thread (so a frontend that stalls mid-message stalls only its own export).
+public final class VhostUserExport: Export {
+    public let id: String
+    public let socketPath: String
+    public let device: VirtioDevice
+    public let queueStats: [QueueStats]
+    let pollers: PollerGroup
+    let preferredPoller: Int?
+    var logger: Logger
+    private let listenFD: Int32
+    private let stopEvent: EventFD
+    private var thread: pthread_t?
+    private let stateLock = Lock()
+    private var connected = false
+    private var connectionsServed = 0
+
+    public init(id: String, device: VirtioDevice, socketPath: String, socketMode: UInt32, pollers: PollerGroup,
+                preferredPoller: Int?, logger: Logger) throws {
+        self.id = id
+        self.device = device
+        self.socketPath = socketPath
+        self.pollers = pollers
+        self.preferredPoller = preferredPoller
+        var l = logger
+        l[metadataKey: "export"] = "\(id)"
+        self.logger = l
+        queueStats = (0..<device.maxQueues).map { _ in QueueStats() }
+        try SocketPath.prepare(socketPath)
+        let fd = vdv_unix_listen(socketPath, socketMode, 4)
+        guard fd >= 0 else { throw ExportError.socket(socketPath, SystemError("bind/listen", errno: -fd).description) }
+        listenFD = fd
+        stopEvent = try EventFD()
+    }
+
+    deinit { closeFD(listenFD) }
+
+    public func start() {
+        let box = Unmanaged.passRetained(self)
+        var t = pthread_t()
+        pthread_create(&t, nil, { arg in
+            let e = Unmanaged<VhostUserExport>.fromOpaque(arg!).takeRetainedValue()
+            e.acceptLoop()
+            return nil
+        }, box.toOpaque())
+        thread = t
+        logger.info("listening on \(socketPath) (\(device.deviceID), \(device.maxQueues) queues)")
+    }
+
+    /// Stops accepting, lets in-flight requests complete (queues drain on their pollers), removes the socket.
+    public func stop() {
+        stopEvent.signal()
+        if let t = thread { pthread_join(t, nil) }
+        thread = nil
+        unlink(socketPath)
+        for (i, s) in queueStats.enumerated() {
+            logger.info("queue \(i) totals: requests=\(s.get(.requests)) read_bytes=\(s.get(.readBytes)) written_bytes=\(s.get(.writtenBytes)) errors=\(s.get(.errors)) kicks=\(s.get(.kicks)) notifications=\(s.get(.notifications))")
+        }
+    }
+
+    public var stats: [String: Any] {
+        stateLock.withLock {
+            ["id": id, "socket": socketPath, "connected": connected, "connections": connectionsServed,
+             "queues": queueStats.map { $0.snapshot }]
+        }
+    }
+
+    private func acceptLoop() {
+        vdv_set_thread_name("vdevd-\(id)")
+        while true {
+            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, -1)
+            if n < 0 { if errno == EINTR { continue }; logger.error("poll: \(errno)"); return }
+            if fds[1].revents != 0 { return }
+            let c = vdv_accept(listenFD)
+            if c < 0 { continue }
+            stateLock.withLock {
+                connected = true
+                connectionsServed += 1
+            }
+            logger.info("frontend connected")
+            let session = VhostUserSession(device: device, pollers: pollers, preferredPoller: preferredPoller,
+                                           queueStats: queueStats,
+                                           connection: VhostUserConnection(fd: c, stopFD: stopEvent.fd), logger: logger)
+            session.serve()
+            stateLock.withLock { connected = false }
+        }
+    }
+}

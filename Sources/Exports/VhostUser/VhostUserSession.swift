@@ -1,0 +1,379 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import Virtio
+
+/// The backend's state for one connected frontend: negotiated features, the memory table and each vring.
+/// Runs on the export's control thread; rings run on pollers and are touched only through them.
+final class VhostUserSession {
+    struct Vring {
+        var num: UInt32 = 0
+        var base: UInt16 = 0
+        var addresses: VringAddresses?
+        var kick: EventFD?
+        var kickSet = false
+        var call: EventFD?
+        var err: EventFD?
+        var enabled = false
+        var running: (poller: Poller, slot: UInt16)?
+    }
+
+    let device: VirtioDevice
+    let pollers: PollerGroup
+    let preferredPoller: Int?
+    let queueStats: [QueueStats]
+    var logger: Logger
+    let connection: VhostUserConnection
+
+    private(set) var features: UInt64 = 0
+    private(set) var protocolFeatures: UInt64 = 0
+    private var featuresSet = false
+    private var memory = GuestMemory.empty
+    private var vrings: [Vring]
+    private var status: UInt8 = 0
+
+    /// What this backend supports of the protocol.
+    static let supportedProtocolFeatures: UInt64 =
+        VhostUserProtocolFeature.mq | VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
+        | VhostUserProtocolFeature.configureMemSlots | VhostUserProtocolFeature.resetDevice
+        | VhostUserProtocolFeature.status
+    /// Memory slots offered with CONFIGURE_MEM_SLOTS (each is one mapping; capped so a frontend cannot grow it).
+    static let maxMemSlots = 32
+
+    init(device: VirtioDevice, pollers: PollerGroup, preferredPoller: Int?, queueStats: [QueueStats],
+         connection: VhostUserConnection, logger: Logger) {
+        self.device = device
+        self.pollers = pollers
+        self.preferredPoller = preferredPoller
+        self.queueStats = queueStats
+        self.connection = connection
+        self.logger = logger
+        vrings = Array(repeating: Vring(), count: device.maxQueues)
+    }
+
+    var protocolFeaturesNegotiated: Bool { features & vhostUserFProtocolFeatures != 0 }
+
+    /// Serves messages until the frontend goes away or the export stops; always releases everything.
+    func serve() {
+        defer { teardown() }
+        while true {
+            let msg: VhostUserMessage
+            do {
+                msg = try connection.receive()
+            } catch VhostUserError.disconnected {
+                logger.info("frontend disconnected")
+                return
+            } catch {
+                logger.error("closing connection: \(error)")
+                return
+            }
+            do {
+                try handle(msg)
+            } catch VhostUserError.rejected(let why) {
+                logger.warning("\(msg.request) refused: \(why)")
+                if msg.needsReply && !Self.hasOwnReply(msg.request) {
+                    if (try? connection.replyU64(to: msg.request, 1)) == nil { return }
+                }
+            } catch {
+                logger.error("closing connection after \(msg.request): \(error)")
+                return
+            }
+        }
+    }
+
+    static func hasOwnReply(_ r: VhostUserRequest) -> Bool {
+        switch r {
+        case .getFeatures, .getProtocolFeatures, .getVringBase, .getQueueNum, .getConfig, .getMaxMemSlots,
+             .getStatus, .getInflightFD: return true
+        default: return false
+        }
+    }
+
+    private func closeFDs(_ m: VhostUserMessage) { for f in m.fds { closeFD(f) } }
+
+    private func expectPayload(_ m: VhostUserMessage, _ size: Int) throws {
+        guard m.payload.count >= size else {
+            closeFDs(m)
+            throw VhostUserError.malformed("\(m.request) payload \(m.payload.count) bytes, expected \(size)")
+        }
+    }
+
+    private func vringIndex(_ m: VhostUserMessage, _ raw: UInt32) throws -> Int {
+        let i = Int(raw)
+        guard i < vrings.count else {
+            closeFDs(m)
+            throw VhostUserError.rejected("vring index \(i) out of range (device has \(vrings.count))")
+        }
+        return i
+    }
+
+    func handle(_ m: VhostUserMessage) throws {
+        logger.trace("\(m.request) size=\(m.payload.count) fds=\(m.fds.count)")
+        let r = PayloadReader(m.payload)
+        // Only these messages carry fds; any other fd is closed at once.
+        switch m.request {
+        case .setMemTable, .addMemReg, .setVringKick, .setVringCall, .setVringErr, .setBackendReqFD,
+             .setLogFD, .setInflightFD, .remMemReg: break
+        default: closeFDs(m)
+        }
+        switch m.request {
+        case .getFeatures:
+            try connection.replyU64(to: m.request, device.offeredFeatures | vhostUserFProtocolFeatures)
+        case .setFeatures:
+            try expectPayload(m, 8)
+            let f = try r.u64(0)
+            let allowed = device.offeredFeatures | vhostUserFProtocolFeatures
+            guard f & ~allowed == 0 else {
+                throw VhostUserError.rejected("features 0x\(String(f, radix: 16)) include bits not offered")
+            }
+            features = f
+            featuresSet = true
+            device.featuresAcked(f & ~vhostUserFProtocolFeatures)
+            logger.debug("features acked 0x\(String(f, radix: 16))")
+        case .getProtocolFeatures:
+            try connection.replyU64(to: m.request, Self.supportedProtocolFeatures)
+        case .setProtocolFeatures:
+            try expectPayload(m, 8)
+            let f = try r.u64(0)
+            guard f & ~Self.supportedProtocolFeatures == 0 else {
+                throw VhostUserError.rejected("protocol features 0x\(String(f, radix: 16)) not offered")
+            }
+            protocolFeatures = f
+        case .setOwner:
+            break
+        case .resetOwner, .resetDevice:
+            resetDevice()
+        case .getQueueNum:
+            try connection.replyU64(to: m.request, UInt64(device.maxQueues))
+        case .getMaxMemSlots:
+            try connection.replyU64(to: m.request, UInt64(Self.maxMemSlots))
+        case .setMemTable:
+            try setMemTable(m, r)
+        case .addMemReg:
+            try addMemoryRegion(m, r)
+        case .remMemReg:
+            try removeMemoryRegion(m, r)
+        case .setVringNum:
+            try expectPayload(m, 8)
+            let i = try vringIndex(m, try r.u32(0))
+            let num = try r.u32(4)
+            guard num > 0, num <= device.maxQueueSize, num & (num - 1) == 0 else {
+                throw VhostUserError.rejected("vring \(i) size \(num) (must be a power of two up to \(device.maxQueueSize))")
+            }
+            guard vrings[i].running == nil else { throw VhostUserError.rejected("vring \(i) is running") }
+            vrings[i].num = num
+        case .setVringAddr:
+            try expectPayload(m, 40)
+            let i = try vringIndex(m, try r.u32(0))
+            guard vrings[i].running == nil else { throw VhostUserError.rejected("vring \(i) is running") }
+            vrings[i].addresses = VringAddresses(descriptorTable: try r.u64(8), availRing: try r.u64(24),
+                                                 usedRing: try r.u64(16), guestPhysical: false)
+        case .setVringBase:
+            try expectPayload(m, 8)
+            let i = try vringIndex(m, try r.u32(0))
+            guard vrings[i].running == nil else { throw VhostUserError.rejected("vring \(i) is running") }
+            vrings[i].base = UInt16(truncatingIfNeeded: try r.u32(4))
+        case .getVringBase:
+            try expectPayload(m, 8)
+            let raw = try r.u32(0)
+            guard Int(raw) < vrings.count else { throw VhostUserError.malformed("GET_VRING_BASE index \(raw)") }
+            let i = Int(raw)
+            // vhost-user.rst: GET_VRING_BASE stops the ring; its kick fd is forgotten until the next start.
+            stopVring(i)
+            vrings[i].kick = nil
+            vrings[i].kickSet = false
+            var p = [UInt8]()
+            p.appendLE(UInt32(i))
+            p.appendLE(UInt32(vrings[i].base))
+            try connection.reply(to: m.request, payload: p)
+        case .setVringKick, .setVringCall, .setVringErr:
+            try setVringFD(m, r)
+        case .setVringEnable:
+            try expectPayload(m, 8)
+            let i = try vringIndex(m, try r.u32(0))
+            let on = try r.u32(4) != 0
+            vrings[i].enabled = on
+            if on { try startVringIfReady(i) } else { stopVring(i) }
+        case .getConfig:
+            try expectPayload(m, 12)
+            let offset = Int(try r.u32(0))
+            let size = Int(try r.u32(4))
+            guard size <= 256, offset <= 256, m.payload.count == 12 + size else {
+                throw VhostUserError.malformed("GET_CONFIG offset \(offset) size \(size) payload \(m.payload.count)")
+            }
+            var p = Array(m.payload.prefix(12))
+            p.append(contentsOf: device.readConfig(offset: offset, count: size))
+            try connection.reply(to: m.request, payload: p)
+        case .setConfig:
+            try expectPayload(m, 12)
+            let offset = Int(try r.u32(0))
+            let size = Int(try r.u32(4))
+            guard size <= 256, offset <= 256, m.payload.count >= 12 + size else {
+                throw VhostUserError.malformed("SET_CONFIG offset \(offset) size \(size)")
+            }
+            guard device.writeConfig(offset: offset, bytes: Array(m.payload[12..<(12 + size)])) else {
+                throw VhostUserError.rejected("config write at \(offset) (\(size) bytes) refused")
+            }
+            logger.info("config write at offset \(offset): \(Array(m.payload[12..<(12 + size)]))")
+        case .setStatus:
+            try expectPayload(m, 8)
+            let s = UInt8(truncatingIfNeeded: try r.u64(0))
+            if s == 0 && status != 0 { resetDevice() }
+            status = s
+        case .getStatus:
+            try connection.replyU64(to: m.request, UInt64(status))
+        case .setVringEndian:
+            throw VhostUserError.rejected("cross-endian rings are not supported")
+        case .setBackendReqFD, .setLogFD, .setInflightFD:
+            closeFDs(m)
+            throw VhostUserError.rejected("\(m.request) needs a protocol feature this backend does not offer")
+        case .setLogBase, .getInflightFD, .iotlbMsg, .sendRARP, .netSetMTU, .vringKick:
+            throw VhostUserError.malformed("\(m.request) needs a feature this backend does not offer")
+        default:
+            throw VhostUserError.malformed("unknown request \(m.request.rawValue)")
+        }
+        if m.needsReply && protocolFeatures & VhostUserProtocolFeature.replyAck != 0 && !Self.hasOwnReply(m.request) {
+            try connection.replyU64(to: m.request, 0)
+        }
+    }
+
+    // MARK: memory
+
+    /// struct VhostUserMemoryRegion: guest address, size, user address, mmap offset.
+    private func region(_ r: PayloadReader, at off: Int, fd: Int32) throws -> MemoryRegion {
+        let gpa = try r.u64(off), size = try r.u64(off + 8), uva = try r.u64(off + 16), mo = try r.u64(off + 24)
+        do {
+            return try MemoryRegion(fd: fd, guestAddress: gpa, size: size, userAddress: uva, mmapOffset: mo)
+        } catch {
+            throw VhostUserError.rejected("cannot map region gpa=0x\(String(gpa, radix: 16)) size=\(size): \(error)")
+        }
+    }
+
+    private func setMemTable(_ m: VhostUserMessage, _ r: PayloadReader) throws {
+        defer { closeFDs(m) }
+        try expectPayload(m, 8)
+        let n = Int(try r.u32(0))
+        guard n <= Self.maxMemSlots, m.payload.count >= 8 + 32 * n, m.fds.count == n else {
+            throw VhostUserError.malformed("SET_MEM_TABLE with \(n) regions, \(m.fds.count) fds, \(m.payload.count) bytes")
+        }
+        var regions: [MemoryRegion] = []
+        for i in 0..<n { regions.append(try region(r, at: 8 + 32 * i, fd: m.fds[i])) }
+        try installMemory(GuestMemory(regions: regions))
+    }
+
+    private func addMemoryRegion(_ m: VhostUserMessage, _ r: PayloadReader) throws {
+        defer { closeFDs(m) }
+        try expectPayload(m, 40)
+        guard m.fds.count == 1 else { throw VhostUserError.malformed("ADD_MEM_REG with \(m.fds.count) fds") }
+        guard memory.regions.count < Self.maxMemSlots else { throw VhostUserError.rejected("all \(Self.maxMemSlots) memory slots used") }
+        let reg = try region(r, at: 8, fd: m.fds[0])
+        for old in memory.regions where reg.guestAddress < old.guestAddress + old.size && old.guestAddress < reg.guestAddress + reg.size {
+            throw VhostUserError.rejected("region at 0x\(String(reg.guestAddress, radix: 16)) overlaps an existing one")
+        }
+        try installMemory(GuestMemory(regions: memory.regions + [reg]))
+    }
+
+    private func removeMemoryRegion(_ m: VhostUserMessage, _ r: PayloadReader) throws {
+        closeFDs(m)
+        try expectPayload(m, 40)
+        let gpa = try r.u64(8), size = try r.u64(16), uva = try r.u64(24)
+        let kept = memory.regions.filter { !($0.guestAddress == gpa && $0.size == size && $0.userAddress == uva) }
+        guard kept.count < memory.regions.count else {
+            throw VhostUserError.rejected("no region at gpa=0x\(String(gpa, radix: 16)) size=\(size)")
+        }
+        try installMemory(GuestMemory(regions: kept))
+    }
+
+    /// Swaps the table; running rings move to it through their pollers before the old one is released.
+    private func installMemory(_ new: GuestMemory) throws {
+        memory = new
+        var byPoller: [ObjectIdentifier: (Poller, [UInt16])] = [:]
+        for v in vrings {
+            guard let (p, s) = v.running else { continue }
+            byPoller[ObjectIdentifier(p), default: (p, [])].1.append(s)
+        }
+        for (_, (p, slots)) in byPoller { p.updateMemory(slots: slots, memory: new) }
+        logger.debug("memory table: \(new.regions.count) regions")
+        for i in vrings.indices where vrings[i].running == nil { try startVringIfReady(i) }
+    }
+
+    // MARK: vrings
+
+    private func setVringFD(_ m: VhostUserMessage, _ r: PayloadReader) throws {
+        try expectPayload(m, 8)
+        let v = try r.u64(0)
+        let i = try vringIndex(m, UInt32(v & 0xff))
+        // Bit 8 set: no fd (polling mode for kick, no interrupts for call).
+        let noFD = v & 0x100 != 0
+        guard noFD ? m.fds.isEmpty : m.fds.count == 1 else {
+            closeFDs(m)
+            throw VhostUserError.malformed("\(m.request) for vring \(i) with \(m.fds.count) fds")
+        }
+        let efd = noFD ? nil : EventFD(adopting: m.fds[0])
+        switch m.request {
+        case .setVringKick:
+            if vrings[i].running != nil { stopVring(i) }
+            guard !noFD else { throw VhostUserError.rejected("vring \(i): polling without a kick fd is not supported") }
+            vrings[i].kick = efd
+            vrings[i].kickSet = true
+            // Without protocol features a ring starts as soon as it has a kick fd (vhost-user.rst, "Ring states").
+            if !protocolFeaturesNegotiated { vrings[i].enabled = true }
+            try startVringIfReady(i)
+        case .setVringCall:
+            vrings[i].call = efd
+            if let (p, s) = vrings[i].running { p.replaceCall(slot: s, call: efd) }
+        default:
+            vrings[i].err = efd
+        }
+    }
+
+    private func startVringIfReady(_ i: Int) throws {
+        let v = vrings[i]
+        guard v.running == nil, v.enabled, v.kickSet, let addr = v.addresses, v.num > 0,
+              !memory.regions.isEmpty else { return }
+        let name = "q\(i)"
+        let vq: SplitVirtqueue
+        do {
+            vq = try SplitVirtqueue(index: i, size: v.num, addresses: addr, memory: memory,
+                                    features: features, lastAvailIdx: v.base)
+        } catch {
+            throw VhostUserError.rejected("vring \(i): \(error)")
+        }
+        let err = v.err
+        let log = logger
+        let binding = QueueBinding(name: name, vq: vq, kick: v.kick, call: v.call, stats: queueStats[i]) { e in
+            // On the poller thread: the guest broke a ring rule; this queue stops, nothing else does.
+            log.error("queue \(i) stopped: \(e)")
+            err?.signal()
+        }
+        let poller = pollers.pick(preferred: preferredPoller)
+        let dev = device
+        let slot = try poller.attach(binding) { ctx in try dev.makeQueueHandler(context: ctx) }
+        vrings[i].running = (poller, slot)
+        logger.info("queue \(i) started on poller \(poller.id) (size \(v.num), avail base \(v.base))")
+    }
+
+    private func stopVring(_ i: Int) {
+        guard let (p, s) = vrings[i].running else { return }
+        vrings[i].base = p.detach(slot: s)
+        vrings[i].running = nil
+        logger.info("queue \(i) stopped at avail index \(vrings[i].base)")
+    }
+
+    private func resetDevice() {
+        for i in vrings.indices { stopVring(i) }
+        vrings = Array(repeating: Vring(), count: device.maxQueues)
+        features = 0
+        featuresSet = false
+        status = 0
+        device.reset()
+    }
+
+    /// Frontend gone: stop every ring, drop mappings and fds, reset the device for the next frontend.
+    func teardown() {
+        resetDevice()
+        protocolFeatures = 0
+        memory = GuestMemory.empty
+    }
+}

@@ -1,0 +1,113 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The buffers of one descriptor chain, translated to host memory: device-readable segments first, then
+/// device-writable ones. Storage is preallocated per request slot; filling it allocates nothing.
+public struct ChainSegments {
+    public let iov: UnsafeMutablePointer<iovec>
+    public let capacity: Int
+    public internal(set) var count: Int = 0
+    public internal(set) var readableCount: Int = 0
+    public internal(set) var readableBytes: UInt64 = 0
+    public internal(set) var writableBytes: UInt64 = 0
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+        iov = .allocate(capacity: capacity)
+    }
+
+    public func deallocate() { iov.deallocate() }
+
+    public var writableCount: Int { count - readableCount }
+
+    mutating func reset() {
+        count = 0
+        readableCount = 0
+        readableBytes = 0
+        writableBytes = 0
+    }
+
+    @inline(__always)
+    mutating func append(_ p: UnsafeMutableRawPointer, _ len: Int, writable: Bool) -> Bool {
+        guard count < capacity else { return false }
+        iov[count] = iovec(iov_base: p, iov_len: len)
+        count += 1
+        if !writable { readableCount = count }
+        return true
+    }
+
+    /// Copies `length` bytes starting `offset` bytes into the readable area; false if it is too short.
+    public func copyReadable(offset: Int, into dst: UnsafeMutableRawPointer, length: Int) -> Bool {
+        var skip = offset
+        var done = 0
+        var i = 0
+        while i < readableCount && done < length {
+            let seg = iov[i]
+            if skip >= seg.iov_len {
+                skip -= seg.iov_len
+            } else {
+                let n = min(seg.iov_len - skip, length - done)
+                (dst + done).copyMemory(from: seg.iov_base! + skip, byteCount: n)
+                done += n
+                skip = 0
+            }
+            i += 1
+        }
+        return done == length
+    }
+
+    /// Copies bytes into the writable area starting `offset` bytes in; returns how many fit.
+    @discardableResult
+    public func copyToWritable(offset: Int, from src: UnsafeRawPointer, length: Int) -> Int {
+        var skip = offset
+        var done = 0
+        var i = readableCount
+        while i < count && done < length {
+            let seg = iov[i]
+            if skip >= seg.iov_len {
+                skip -= seg.iov_len
+            } else {
+                let n = min(seg.iov_len - skip, length - done)
+                (seg.iov_base! + skip).copyMemory(from: src + done, byteCount: n)
+                done += n
+                skip = 0
+            }
+            i += 1
+        }
+        return done
+    }
+
+    /// Host pointer of the last writable byte (a virtio-blk status byte lives there).
+    public var lastWritableByte: UnsafeMutablePointer<UInt8>? {
+        guard count > readableCount else { return nil }
+        let seg = iov[count - 1]
+        return (seg.iov_base! + (seg.iov_len - 1)).assumingMemoryBound(to: UInt8.self)
+    }
+
+    /// Fills `out` with iovecs covering [offset, offset+length) of the readable (or writable) area.
+    /// Returns the number of iovecs written, or nil if the area is too short or `out` too small.
+    public func slice(writable: Bool, offset: Int, length: Int, into out: UnsafeMutablePointer<iovec>,
+                      outCapacity: Int) -> Int? {
+        var skip = offset
+        var remaining = length
+        var n = 0
+        var i = writable ? readableCount : 0
+        let end = writable ? count : readableCount
+        while i < end && remaining > 0 {
+            let seg = iov[i]
+            if skip >= seg.iov_len {
+                skip -= seg.iov_len
+            } else {
+                guard n < outCapacity else { return nil }
+                let take = min(seg.iov_len - skip, remaining)
+                out[n] = iovec(iov_base: seg.iov_base! + skip, iov_len: take)
+                n += 1
+                remaining -= take
+                skip = 0
+            }
+            i += 1
+        }
+        return remaining == 0 ? n : nil
+    }
+}

@@ -1,0 +1,70 @@
+/// An immutable snapshot of the guest's memory table. A change makes a new snapshot that the control thread
+/// hands to each poller; the old one (and its mappings) goes away when the last poller drops it.
+public final class GuestMemory {
+    public let regions: [MemoryRegion]
+
+    public static let empty = GuestMemory(regions: [])
+
+    public init(regions: [MemoryRegion]) {
+        self.regions = regions.sorted { $0.guestAddress < $1.guestAddress }
+    }
+
+    /// Host pointer and the number of contiguous bytes available from a guest-physical address.
+    @inline(__always)
+    public func lookup(gpa: UInt64) -> (UnsafeMutableRawPointer, UInt64)? {
+        for r in regions where r.containsGuest(gpa) {
+            let off = gpa - r.guestAddress
+            return (r.host + Int(off), r.size - off)
+        }
+        return nil
+    }
+
+    /// Host pointer for `length` bytes at a guest-physical address that lie in one region, else nil.
+    @inline(__always)
+    public func translate(gpa: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        guard let (p, avail) = lookup(gpa: gpa), length <= avail else { return nil }
+        return p
+    }
+
+    /// Host pointer for `length` bytes at a frontend virtual address (vring addresses), one region only.
+    public func translate(userAddress uva: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for r in regions where r.containsUser(uva) {
+            let off = uva - r.userAddress
+            guard length <= r.size - off else { return nil }
+            return r.host + Int(off)
+        }
+        return nil
+    }
+
+    /// Copies bytes out of guest memory, crossing region boundaries; false if any byte is outside RAM.
+    public func read(gpa: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        var addr = gpa
+        var done = 0
+        while done < buffer.count {
+            guard let (p, avail) = lookup(gpa: addr) else { return false }
+            let n = Int(min(UInt64(buffer.count - done), avail))
+            buffer.baseAddress!.advanced(by: done).copyMemory(from: p, byteCount: n)
+            done += n
+            let (next, overflow) = addr.addingReportingOverflow(UInt64(n))
+            if overflow && done < buffer.count { return false }
+            addr = next
+        }
+        return true
+    }
+
+    /// Copies bytes into guest memory, crossing region boundaries; false if any byte is outside RAM.
+    public func write(gpa: UInt64, from buffer: UnsafeRawBufferPointer) -> Bool {
+        var addr = gpa
+        var done = 0
+        while done < buffer.count {
+            guard let (p, avail) = lookup(gpa: addr) else { return false }
+            let n = Int(min(UInt64(buffer.count - done), avail))
+            p.copyMemory(from: buffer.baseAddress!.advanced(by: done), byteCount: n)
+            done += n
+            let (next, overflow) = addr.addingReportingOverflow(UInt64(n))
+            if overflow && done < buffer.count { return false }
+            addr = next
+        }
+        return true
+    }
+}

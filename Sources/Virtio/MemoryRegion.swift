@@ -1,0 +1,47 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One region of guest RAM, mapped from an fd the frontend passed (vhost-user SET_MEM_TABLE / ADD_MEM_REG).
+/// Unmapped when the last holder lets go, so a poller still using an old table keeps it alive.
+public final class MemoryRegion {
+    public let guestAddress: UInt64
+    public let size: UInt64
+    public let userAddress: UInt64
+    public let mmapOffset: UInt64
+    /// Host address of guestAddress.
+    public let host: UnsafeMutableRawPointer
+    private let mapBase: UnsafeMutableRawPointer
+    private let mapLength: Int
+
+    /// Regions larger than this are refused: a frontend cannot make us reserve absurd address space.
+    public static let maxSize: UInt64 = 1 << 40
+
+    /// Maps `size` bytes at `mmapOffset` of fd. The fd is not kept (the mapping holds the memory).
+    public init(fd: Int32, guestAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64) throws {
+        guard size > 0, size <= MemoryRegion.maxSize,
+              mmapOffset <= MemoryRegion.maxSize,
+              guestAddress.addingReportingOverflow(size).overflow == false,
+              userAddress.addingReportingOverflow(size).overflow == false
+        else { throw SystemError("mmap(region size)", errno: EINVAL) }
+        let length = Int(size + mmapOffset)
+        // Map from offset 0 so a non-page-aligned mmap_offset still works (as libvhost-user does).
+        let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0)
+        guard let p, p != MAP_FAILED else { throw SystemError("mmap", errno: Glibc.errno) }
+        self.guestAddress = guestAddress
+        self.size = size
+        self.userAddress = userAddress
+        self.mmapOffset = mmapOffset
+        self.mapBase = p
+        self.mapLength = length
+        self.host = p + Int(mmapOffset)
+    }
+
+    deinit { munmap(mapBase, mapLength) }
+
+    @inline(__always)
+    func containsGuest(_ gpa: UInt64) -> Bool { gpa >= guestAddress && gpa - guestAddress < size }
+
+    @inline(__always)
+    func containsUser(_ uva: UInt64) -> Bool { uva >= userAddress && uva - userAddress < size }
+}

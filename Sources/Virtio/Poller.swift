@@ -1,0 +1,279 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CVdevd
+
+/// A poller thread: owns a set of queues from any devices and VMs, one io_uring shared by them, and does
+/// everything for them (pop, submit, reap, push used, notify). It spins while there is work and for
+/// `pollMicroseconds` after, then arms notifications and sleeps in epoll (the SPDK reactor model).
+/// Other threads talk to it only through commands; they never touch a live ring.
+public final class Poller {
+    public let id: Int
+    public let cpu: Int32?
+    public let pollMicroseconds: UInt64
+    public let ioRing: IORing
+
+    private let epfd: Int32
+    private let control: EventFD
+    private let commandsLock = Lock()
+    private var commands: [Command] = []
+    private var thread: pthread_t?
+    private var running = true
+
+    private struct Slot {
+        var binding: QueueBinding
+        var handler: QueueHandler
+        var stopping: Completion<UInt16>?
+        var broken = false
+    }
+    private var slots: [Slot?] = []
+    private var active: [Int] = []
+    /// Queues assigned to this poller, for balancing (read under the commands lock by the control side).
+    private var assignedCount = 0
+
+    enum Command {
+        case attach(QueueBinding, (QueueContext) throws -> QueueHandler, Completion<Result<UInt16, Error>>)
+        case detach(UInt16, Completion<UInt16>)
+        case updateMemory([UInt16], GuestMemory, Completion<Void>)
+        case replaceCall(UInt16, EventFD?, Completion<Void>)
+        case exit
+    }
+
+    static let tagControl: UInt64 = 1 << 62
+    static let tagRing: UInt64 = 1 << 62 | 1
+
+    public init(id: Int, cpu: Int32? = nil, pollMicroseconds: UInt64 = 0, ringEntries: UInt32 = 1024) throws {
+        self.id = id
+        self.cpu = cpu
+        self.pollMicroseconds = pollMicroseconds
+        ioRing = try IORing(entries: ringEntries)
+        control = try EventFD()
+        epfd = try checkNegErrno("epoll_create1", vdv_epoll_create())
+        try addToEpoll(control.fd, Poller.tagControl)
+        try addToEpoll(ioRing.eventFD.fd, Poller.tagRing)
+    }
+
+    deinit { closeFD(epfd) }
+
+    private func addToEpoll(_ fd: Int32, _ tag: UInt64) throws {
+        _ = try checkNegErrno("epoll_ctl(ADD)", vdv_epoll_add(epfd, fd, UInt32(VDV_EPOLLIN), tag))
+    }
+
+    public func start() {
+        let box = Unmanaged.passRetained(self)
+        var t = pthread_t()
+        pthread_create(&t, nil, { arg in
+            let p = Unmanaged<Poller>.fromOpaque(arg!).takeRetainedValue()
+            p.run()
+            return nil
+        }, box.toOpaque())
+        thread = t
+    }
+
+    public func stop() {
+        send(.exit)
+        if let t = thread { pthread_join(t, nil) }
+        thread = nil
+    }
+
+    public var queueCount: Int { commandsLock.withLock { assignedCount } }
+
+    private func send(_ c: Command) {
+        commandsLock.withLock { commands.append(c) }
+        control.signal()
+    }
+
+    // MARK: control-side API (blocking until the poller has acted)
+
+    /// Starts serving a queue; returns its slot id on this poller.
+    public func attach(_ binding: QueueBinding, makeHandler: @escaping (QueueContext) throws -> QueueHandler) throws -> UInt16 {
+        let done = Completion<Result<UInt16, Error>>()
+        commandsLock.withLock { assignedCount += 1 }
+        send(.attach(binding, makeHandler, done))
+        switch done.wait() {
+        case .success(let s): return s
+        case .failure(let e):
+            commandsLock.withLock { assignedCount -= 1 }
+            throw e
+        }
+    }
+
+    /// Stops a queue after its in-flight requests complete; returns its last avail index.
+    public func detach(slot: UInt16) -> UInt16 {
+        let done = Completion<UInt16>()
+        send(.detach(slot, done))
+        let r = done.wait()
+        commandsLock.withLock { assignedCount -= 1 }
+        return r
+    }
+
+    /// Hands a new memory table to running queues; returns once none of them uses the old one.
+    public func updateMemory(slots ids: [UInt16], memory: GuestMemory) {
+        let done = Completion<Void>()
+        send(.updateMemory(ids, memory, done))
+        done.wait()
+    }
+
+    public func replaceCall(slot: UInt16, call: EventFD?) {
+        let done = Completion<Void>()
+        send(.replaceCall(slot, call, done))
+        done.wait()
+    }
+
+    // MARK: poller thread
+
+    private func run() {
+        vdv_set_thread_name("vdevd-poll\(id)")
+        if let cpu { _ = vdv_pin_thread_to_cpu(cpu) }
+        let maxEvents = 64
+        let tags = UnsafeMutablePointer<UInt64>.allocate(capacity: maxEvents)
+        let events = UnsafeMutablePointer<UInt32>.allocate(capacity: maxEvents)
+        defer {
+            tags.deallocate()
+            events.deallocate()
+        }
+        var lastWork = monotonicMicros()
+        var sleeping = false
+        while running {
+            var didWork = runCommands()
+            let reaped = ioRing.reap { ud, res in
+                let s = Int(ud >> 32)
+                if s < slots.count, let slot = slots[s] { slot.handler.complete(tag: UInt32(truncatingIfNeeded: ud), result: res) }
+            }
+            if reaped > 0 { didWork = true }
+            for s in active {
+                guard let slot = slots[s], !slot.broken, slot.stopping == nil else { continue }
+                do {
+                    if try slot.handler.process() { didWork = true }
+                } catch {
+                    slots[s]!.broken = true
+                    slot.binding.onError(error)
+                }
+            }
+            ioRing.submit()
+            for s in active { slots[s]?.binding.flush() }
+            finishStopping()
+            if didWork {
+                lastWork = monotonicMicros()
+                if sleeping { setNotifications(enabled: false); sleeping = false }
+                continue
+            }
+            if pollMicroseconds > 0 && monotonicMicros() &- lastWork < pollMicroseconds {
+                vdv_cpu_relax()
+                continue
+            }
+            // Arm notifications, then look again: a buffer added before the arm would otherwise sleep with us.
+            setNotifications(enabled: true)
+            sleeping = true
+            if anyPending() { continue }
+            let n = vdv_epoll_wait(epfd, tags, events, Int32(maxEvents), -1)
+            if n > 0 {
+                for i in 0..<Int(n) {
+                    let tag = tags[i]
+                    if tag == Poller.tagControl { control.drain() }
+                    else if tag == Poller.tagRing { ioRing.eventFD.drain() }
+                    else if Int(tag) < slots.count, let slot = slots[Int(tag)] {
+                        slot.binding.kick?.drain()
+                        slot.binding.stats.add(.kicks)
+                    }
+                }
+            }
+            if pollMicroseconds > 0 { setNotifications(enabled: false); sleeping = false }
+        }
+        // Exit: nothing may be left running; drain what is in flight.
+        for s in active { if let slot = slots[s] { removeFromEpoll(slot) } }
+    }
+
+    private func setNotifications(enabled: Bool) {
+        for s in active {
+            guard let slot = slots[s], !slot.broken else { continue }
+            if enabled { slot.binding.vq.enableNotifications() } else { slot.binding.vq.disableNotifications() }
+        }
+    }
+
+    private func anyPending() -> Bool {
+        for s in active {
+            guard let slot = slots[s], !slot.broken, slot.stopping == nil else { continue }
+            if let n = try? slot.binding.vq.pendingCount(), n > 0 { return true }
+        }
+        return false
+    }
+
+    private func runCommands() -> Bool {
+        let cmds: [Command] = commandsLock.withLock {
+            let c = commands
+            commands.removeAll(keepingCapacity: true)
+            return c
+        }
+        if cmds.isEmpty { return false }
+        for c in cmds {
+            switch c {
+            case .attach(let binding, let make, let done):
+                let id = slots.firstIndex(where: { $0 == nil }) ?? slots.count
+                guard id < Int(UInt16.max) else {
+                    done.fulfill(.failure(SystemError("attach", errno: ENOSPC)))
+                    continue
+                }
+                do {
+                    let handler = try make(QueueContext(binding: binding, ioRing: ioRing, slot: UInt16(id)))
+                    if let kick = binding.kick { try addToEpoll(kick.fd, UInt64(id)) }
+                    if id == slots.count { slots.append(nil) }
+                    slots[id] = Slot(binding: binding, handler: handler)
+                    active.append(id)
+                    done.fulfill(.success(UInt16(id)))
+                } catch {
+                    done.fulfill(.failure(error))
+                }
+            case .detach(let id, let done):
+                if Int(id) < slots.count, slots[Int(id)] != nil {
+                    slots[Int(id)]!.stopping = done
+                } else {
+                    done.fulfill(0)
+                }
+            case .updateMemory(let ids, let memory, let done):
+                for id in ids where Int(id) < slots.count {
+                    guard let slot = slots[Int(id)] else { continue }
+                    do { try slot.binding.vq.remap(memory: memory) } catch {
+                        slots[Int(id)]!.broken = true
+                        slot.binding.onError(error)
+                    }
+                }
+                done.fulfill(())
+            case .replaceCall(let id, let fd, let done):
+                if Int(id) < slots.count, let slot = slots[Int(id)] { slot.binding.replaceCall(fd) }
+                done.fulfill(())
+            case .exit:
+                running = false
+            }
+        }
+        return true
+    }
+
+    /// Queues asked to stop leave once their in-flight requests have completed and been published.
+    private func finishStopping() {
+        var i = 0
+        while i < active.count {
+            let s = active[i]
+            if let slot = slots[s], let done = slot.stopping, slot.handler.inflight == 0 {
+                slot.binding.flush()
+                removeFromEpoll(slot)
+                slots[s] = nil
+                active.remove(at: i)
+                done.fulfill(slot.binding.vq.lastAvailIdx)
+                continue
+            }
+            i += 1
+        }
+    }
+
+    private func removeFromEpoll(_ slot: Slot) {
+        if let kick = slot.binding.kick { _ = vdv_epoll_del(epfd, kick.fd) }
+    }
+}
+
+@inline(__always)
+func monotonicMicros() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+}

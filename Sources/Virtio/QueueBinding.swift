@@ -1,0 +1,44 @@
+/// A started queue as the poller sees it: the ring, its kick and call eventfds, and used entries waiting
+/// to be published. Created by a transport, owned by one poller from attach to detach.
+public final class QueueBinding {
+    public let name: String
+    public let vq: SplitVirtqueue
+    public let kick: EventFD?
+    public private(set) var call: EventFD?
+    public let stats: QueueStats
+    /// Called on the poller thread when the guest broke a ring rule and the queue stopped.
+    public let onError: (Error) -> Void
+    private var unpublished = 0
+
+    public init(name: String, vq: SplitVirtqueue, kick: EventFD?, call: EventFD?, stats: QueueStats,
+                onError: @escaping (Error) -> Void) {
+        self.stats = stats
+        self.name = name
+        self.vq = vq
+        self.kick = kick
+        self.call = call
+        self.onError = onError
+    }
+
+    /// Returns a finished request to the driver; published at the next flush().
+    @inline(__always)
+    public func complete(head: UInt16, length: UInt32) {
+        vq.pushUsed(head: head, length: length)
+        unpublished += 1
+    }
+
+    /// Publishes used entries and interrupts the driver if it wants to know.
+    @inline(__always)
+    public func flush() {
+        guard unpublished > 0 else { return }
+        unpublished = 0
+        vq.publishUsed()
+        if vq.needsInterrupt(), let call {
+            call.signal()
+            stats.add(.notifications)
+        }
+    }
+
+    /// Poller-thread only: a new call fd from the frontend (SET_VRING_CALL on a running ring).
+    func replaceCall(_ fd: EventFD?) { call = fd }
+}

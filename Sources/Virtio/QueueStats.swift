@@ -1,0 +1,22 @@
+import CVdevd
+
+/// Per-queue counters: written by the owning poller only, read by anyone (relaxed atomics).
+public final class QueueStats {
+    public enum Counter: Int, CaseIterable {
+        case requests, readBytes, writtenBytes, errors, unsupported, notifications, kicks
+    }
+    private let storage = UnsafeMutablePointer<UInt64>.allocate(capacity: Counter.allCases.count)
+    public init() { storage.initialize(repeating: 0, count: Counter.allCases.count) }
+    deinit { storage.deallocate() }
+
+    @inline(__always) public func add(_ c: Counter, _ n: UInt64 = 1) {
+        let p = storage + c.rawValue
+        vdv_store_relaxed_u64(p, vdv_load_relaxed_u64(p) &+ n)
+    }
+    public func get(_ c: Counter) -> UInt64 { vdv_load_relaxed_u64(storage + c.rawValue) }
+    public var snapshot: [String: UInt64] {
+        var d: [String: UInt64] = [:]
+        for c in Counter.allCases { d["\(c)"] = get(c) }
+        return d
+    }
+}

@@ -1,0 +1,37 @@
+/// A device model: what it offers and how it serves a ready queue. It never sees a socket or an ioctl.
+public protocol VirtioDevice: AnyObject {
+    var deviceID: VirtioDeviceID { get }
+    /// Feature bits offered to the driver; one declared constant per device, asserted by tests.
+    var offeredFeatures: UInt64 { get }
+    var maxQueues: Int { get }
+    var maxQueueSize: UInt32 { get }
+    /// Config space bytes [offset, offset+count), zero past the device's structure.
+    func readConfig(offset: Int, count: Int) -> [UInt8]
+    /// A driver write to config space; false if the field is read-only.
+    func writeConfig(offset: Int, bytes: [UInt8]) -> Bool
+    /// The features the driver accepted (before any queue starts).
+    func featuresAcked(_ features: UInt64)
+    /// Builds the per-queue request handler; called on the control thread, used only on the poller thread.
+    func makeQueueHandler(context: QueueContext) throws -> QueueHandler
+    /// Device reset: forget negotiated state (queues are already stopped).
+    func reset()
+}
+
+/// Serves one queue on its poller. Every call happens on that poller's thread.
+public protocol QueueHandler: AnyObject {
+    /// Pops and starts available requests; true if it did any work.
+    func process() throws -> Bool
+    /// An I/O submitted with IORing.userData(slot:tag:) finished.
+    func complete(tag: UInt32, result: Int32)
+    /// Requests started and not yet completed (the queue drains these before it stops).
+    var inflight: Int { get }
+    /// Counters for stats, readable from any thread (relaxed).
+    var stats: QueueStats { get }
+}
+
+/// What a queue handler is given: the ring, the poller's I/O ring and the slot id to tag its I/O with.
+public struct QueueContext {
+    public let binding: QueueBinding
+    public let ioRing: IORing
+    public let slot: UInt16
+}
