@@ -136,6 +136,7 @@ final class BlkQueue: QueueHandler {
                 _ = ring.readv(fd: fd, iov: s.pointee.iov, count: n, offset: offset, userData: ud)
             }
         case .flush:
+            stats.add(.flushes)
             s.pointee.expected = 0
             s.pointee.pending = 1
             _ = ring.fsync(fd: fd, dataOnly: !device.isBlockDevice, userData: ud)
@@ -150,6 +151,7 @@ final class BlkQueue: QueueHandler {
             return finish(tag: tag, .ok)
         case .discard, .writeZeroes:
             if device.options.readonly { return finish(tag: tag, .ioerr) }
+            stats.add(.discards)
             try startRanges(tag: tag, type: type, segs: segs, ud: ud)
         default:
             stats.add(.unsupported)

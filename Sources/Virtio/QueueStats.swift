@@ -3,7 +3,7 @@ import CVdevd
 /// Per-queue counters: written by the owning poller only, read by anyone (relaxed atomics).
 public final class QueueStats {
     public enum Counter: Int, CaseIterable {
-        case requests, readBytes, writtenBytes, errors, unsupported, notifications, kicks
+        case requests, readBytes, writtenBytes, flushes, discards, errors, unsupported, notifications, kicks
     }
     private let storage = UnsafeMutablePointer<UInt64>.allocate(capacity: Counter.allCases.count)
     public init() { storage.initialize(repeating: 0, count: Counter.allCases.count) }

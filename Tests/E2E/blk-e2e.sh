@@ -4,7 +4,7 @@
 #   Tests/E2E/blk-e2e.sh                     BACKEND=vdevd (default), VDEVD=.build/debug/vdevd
 #   BACKEND=qsd Tests/E2E/blk-e2e.sh         reference: qemu-storage-daemon 7.2
 #
-# Environment: BACKEND=vdevd|qsd, VDEVD=path, KEEP_WORK=1 (keep the work dir even on success),
+# Environment: BACKEND=vdevd|qsd, VDEVD=path, VDEVD_ARGS='--pollers 2 ...' (extra daemon flags), KEEP_WORK=1 (keep the work dir even on success),
 #              GUEST_TIMEOUT=seconds (default 150), VERBOSE=1 (echo the guest console live).
 # Exit status: 0 all checks passed, 1 a check failed, 2 setup error.
 #
@@ -16,7 +16,8 @@
 #   G/H read-only disk refuses writes, host file unchanged
 #   G 2 mq dirs; I/O pinned to each CPU completes on that CPU's virtqueue (per-vq MSI-X irq counts)
 #   G cache_type can be switched to "write back" (CONFIG_WCE); then a flush completes (stat field 16)
-#   H backend still alive after the guest is done; vdevd per-queue counters (TODO hook)
+#   H backend still alive after the guest is done; vdevd: both queues, a flush and a discard reached it
+#     (its per-queue totals logged at exit), SIGTERM exits 0 and removes the sockets
 set -u -o pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -92,7 +93,8 @@ if [ "$BACKEND" = qsd ]; then
         > "$BLOG" 2>&1 &
     BPID=$!
 else
-    "$VDEVD" \
+    # shellcheck disable=SC2086
+    "$VDEVD" ${VDEVD_ARGS:-} \
         --export "vhost-user-blk,id=disk0,path=$IMG,socket=$SOCK,num-queues=2" \
         --export "vhost-user-blk,id=ro0,path=$IMG2,socket=$SOCK2,readonly=on" \
         > "$BLOG" 2>&1 &
@@ -284,19 +286,32 @@ while read -r _ line; do CHECKS+=("INFO $line"); done < <(grep -a '^INFO ' "$CLO
 if kill -0 "$BPID" 2>/dev/null; then check PASS backend-alive "$BACKEND still running"; else
     wait "$BPID"; check FAIL backend-alive "$BACKEND exited (status $?)"; fi
 
-# TODO(vdevd per-queue counters): fill in. When BACKEND=vdevd, parse $BLOG (vdevd's log) for
-# per-queue request counters of export disk0 and check that BOTH queue 0 and queue 1 carried I/O
-# (the guest pinned I/O to each CPU, and fio ran one job per CPU). Use `check PASS|FAIL ...`.
-check_vdevd_queue_counters() {
-    check SKIP h:vdevd-queue-counters "TODO: parse per-queue counters from $BLOG"
-}
-[ "$BACKEND" = vdevd ] && check_vdevd_queue_counters
 
 # Stop the backend so everything it wrote is in the files.
 kill "$BPID" 2>/dev/null
 for _ in $(seq 50); do kill -0 "$BPID" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$BPID" 2>/dev/null; then check FAIL h:backend-stop "did not exit on SIGTERM within 5s"; kill -9 "$BPID"; fi
-wait "$BPID" 2>/dev/null; BPID=
+wait "$BPID" 2>/dev/null; BRC=$?; BPID=
+
+# vdevd logs per-queue totals when it stops: both queues of disk0 must have carried I/O, the guest's
+# flush and discard must have reached it, and SIGTERM must be a clean exit that removes the sockets.
+check_vdevd_after_stop() {
+    [ "$BRC" = 0 ] && check PASS h:vdevd-exit "status 0 on SIGTERM" || check FAIL h:vdevd-exit "status $BRC on SIGTERM"
+    [ ! -e "$SOCK" ] && [ ! -e "$SOCK2" ] && check PASS h:sockets-removed "" || check FAIL h:sockets-removed "socket left behind"
+    local q0 q1 fl di
+    q0=$(grep "export=disk0" "$BLOG" | grep -o "queue 0 totals: .*" | grep -o "requests=[0-9]*" | cut -d= -f2)
+    q1=$(grep "export=disk0" "$BLOG" | grep -o "queue 1 totals: .*" | grep -o "requests=[0-9]*" | cut -d= -f2)
+    fl=$(grep "export=disk0" "$BLOG" | grep -o "totals: .*" | grep -o "flushes=[0-9]*" | cut -d= -f2 | awk '{s+=$1} END {print s+0}')
+    di=$(grep "export=disk0" "$BLOG" | grep -o "totals: .*" | grep -o "discards=[0-9]*" | cut -d= -f2 | awk '{s+=$1} END {print s+0}')
+    if [ "${q0:-0}" -gt 0 ] && [ "${q1:-0}" -gt 0 ]; then
+        check PASS h:vdevd-queue-counters "disk0 requests: queue0=$q0 queue1=$q1"
+    else
+        check FAIL h:vdevd-queue-counters "disk0 requests: queue0=${q0:-none} queue1=${q1:-none}"
+    fi
+    [ "${fl:-0}" -gt 0 ] && check PASS h:vdevd-flushes "flushes=$fl" || check FAIL h:vdevd-flushes "no flush reached vdevd"
+    [ "${di:-0}" -gt 0 ] && check PASS h:vdevd-discards "discards=$di" || check FAIL h:vdevd-discards "no discard reached vdevd"
+}
+[ "$BACKEND" = vdevd ] && check_vdevd_after_stop
 sync "$IMG" "$IMG2"
 
 s=$(stat -c %s "$IMG")

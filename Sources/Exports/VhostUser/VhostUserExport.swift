@@ -61,7 +61,8 @@ public final class VhostUserExport: Export {
         thread = nil
         unlink(socketPath)
         for (i, s) in queueStats.enumerated() {
-            logger.info("queue \(i) totals: requests=\(s.get(.requests)) read_bytes=\(s.get(.readBytes)) written_bytes=\(s.get(.writtenBytes)) errors=\(s.get(.errors)) kicks=\(s.get(.kicks)) notifications=\(s.get(.notifications))")
+            let fields = QueueStats.Counter.allCases.map { "\($0)=\(s.get($0))" }.joined(separator: " ")
+            logger.info("queue \(i) totals: \(fields)")
         }
     }
 

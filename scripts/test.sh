@@ -1,0 +1,16 @@
+#!/bin/bash
+# Sets up and runs every test: dependencies, build, unit and protocol tests (swift test), then the
+# end-to-end tests with QEMU and a real Linux guest. Usage: scripts/test.sh [--no-e2e]
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+export PATH="/opt/swift/usr/bin:$PATH"
+
+scripts/install-deps.sh
+swift build
+swift test 2>&1 | tee .build/swift-test.log
+[ "${1:-}" = "--no-e2e" ] && exit 0
+
+scripts/guest-image.sh >/dev/null
+echo "== e2e: vhost-user-blk, default settings"
+Tests/E2E/blk-e2e.sh
