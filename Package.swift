@@ -5,6 +5,7 @@ let package = Package(
     name: "vdevd",
     products: [
         .executable(name: "vdevd", targets: ["DeviceDaemon"]),
+        .executable(name: "vdev-bench", targets: ["VdevBench"]),
         .library(name: "VhostUserTestSupport", targets: ["VhostUserTestSupport"]),
     ],
     dependencies: [
@@ -16,7 +17,7 @@ let package = Package(
         .target(
             name: "CVdevd",
             path: "Sources/CVdevd",
-            linkerSettings: [.linkedLibrary("uring")]
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("aio")]
         ),
         // Guest memory, split virtqueues, descriptor chains, pollers.
         .target(name: "Virtio", dependencies: ["CVdevd"], path: "Sources/Virtio"),
@@ -37,6 +38,12 @@ let package = Package(
         ),
         // A vhost-user frontend (QEMU's part) over a real socket with memfd guest memory.
         .target(name: "VhostUserTestSupport", dependencies: ["CVdevd"], path: "Sources/VhostUserTestSupport"),
+        // Load generator for any vhost-user-blk socket (vdevd, qemu-storage-daemon).
+        .executableTarget(
+            name: "VdevBench",
+            dependencies: ["VhostUserTestSupport", "CVdevd", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/VdevBench"
+        ),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "CVdevd", "VhostUserTestSupport"], path: "Tests/VirtioTests"),
         .testTarget(
             name: "ExportsTests",

@@ -113,7 +113,10 @@ public final class BlkDevice: VirtioDevice {
     public func featuresAcked(_ features: UInt64) {}
 
     public func makeQueueHandler(context: QueueContext) throws -> QueueHandler {
-        BlkQueue(device: self, context: context)
+        switch options.engine {
+        case .ioUring: return BlkQueue(device: self, context: context, io: .uring(context.ioRing))
+        case .aio: return BlkQueue(device: self, context: context, io: .aio(try context.aio()))
+        }
     }
 
     public func reset() {

@@ -8,6 +8,13 @@ public struct BlkOptions: Equatable {
     public var queueSize: UInt32 = 256
     public var logicalBlockSize: UInt32 = 512
     public var writeCache = true
+    public var engine: Engine = .ioUring
+
+    /// How requests reach the file: io_uring, or Linux AIO for kernels with io_uring disabled.
+    public enum Engine: String, CaseIterable {
+        case ioUring = "io_uring"
+        case aio
+    }
 
     public init(id: String, path: String) {
         self.id = id

@@ -24,7 +24,7 @@ final class BlkQueue: QueueHandler {
     let device: BlkDevice
     let binding: QueueBinding
     let vq: SplitVirtqueue
-    let ring: IORing
+    let ring: BlockIO
     let slotID: UInt16
     let fd: Int32
     let capacityBytes: UInt64
@@ -38,11 +38,11 @@ final class BlkQueue: QueueHandler {
     static let segmentCapacity = Int(BlkOptions.segMax) + 2 + 8
     private let header = UnsafeMutableRawPointer.allocate(byteCount: BlkLayout.headerSize, alignment: 8)
 
-    init(device: BlkDevice, context: QueueContext) {
+    init(device: BlkDevice, context: QueueContext, io: BlockIO) {
         self.device = device
         binding = context.binding
         vq = context.binding.vq
-        ring = context.ioRing
+        ring = io
         slotID = context.slot
         fd = device.fd
         capacityBytes = device.capacitySectors * BlkLayout.sectorSize

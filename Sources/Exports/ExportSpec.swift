@@ -24,6 +24,7 @@ public struct ExportSpec: Equatable {
             Key(name: "direct", help: "on|off: open the image with O_DIRECT (default off)", required: false),
             Key(name: "logical-block-size", help: "512|4096 (default 512)", required: false),
             Key(name: "write-cache", help: "on|off: initial write-back mode; the guest may change it (default on)", required: false),
+            Key(name: "engine", help: "io_uring|aio: how requests reach the file (default io_uring)", required: false),
             Key(name: "socket-mode", help: "octal permissions of the socket file (default 0660)", required: false),
             Key(name: "poller", help: "index of the poller thread that serves this export's queues (default: least loaded)", required: false),
         ],
@@ -120,6 +121,12 @@ public struct ExportSpec: Equatable {
                 throw ExportSpecError(export: id, key: "logical-block-size", message: "must be 512 or 4096, got \(lbs)")
             }
             blk.logicalBlockSize = UInt32(lbs)
+        }
+        if let e = values["engine"] {
+            guard let engine = BlkOptions.Engine(rawValue: e) else {
+                throw ExportSpecError(export: id, key: "engine", message: "expected io_uring or aio, got '\(e)'")
+            }
+            blk.engine = engine
         }
         var spec = ExportSpec(kind: kind, blk: blk, socket: values["socket"]!)
         if let m = values["socket-mode"] {

@@ -142,6 +142,29 @@ public final class DriverVirtqueue {
         return (id, len)
     }
 
+    /// Next used element without free-list bookkeeping (benchmarks reuse fixed chains).
+    @inline(__always)
+    public func popUsedFixed() -> (head: UInt16, length: UInt32)? {
+        guard usedIndex != lastUsed else { return nil }
+        let e = ram.pointer(usedGPA + 4 + 8 * UInt64(lastUsed % size))
+        lastUsed &+= 1
+        return (UInt16(truncatingIfNeeded: e.load(as: UInt32.self)), e.load(fromByteOffset: 4, as: UInt32.self))
+    }
+
+    /// Current avail index as the driver has published it.
+    public var availIndex: UInt16 { availIdx }
+
+    /// Whether the device wants a kick for entries published since `oldAvail` (virtio 1.3, 2.7.10).
+    @inline(__always)
+    public func needsKick(since oldAvail: UInt16) -> Bool {
+        vdv_fence_seq_cst()
+        if eventIdx {
+            let event = availEvent
+            return (availIdx &- event &- 1) < (availIdx &- oldAvail)
+        }
+        return usedFlags & 1 == 0
+    }
+
     /// Polls for a used element until `timeout` seconds pass (a test's safety net, not a timing assertion).
     public func waitUsed(timeout: Double = 10) -> (head: UInt16, length: UInt32)? {
         let deadline = monotonicSeconds() + timeout

@@ -41,6 +41,17 @@ public final class Poller {
 
     static let tagControl: UInt64 = 1 << 62
     static let tagRing: UInt64 = 1 << 62 | 1
+    static let tagAIO: UInt64 = 1 << 62 | 2
+    private var aio: AIOContext?
+
+    /// The poller's AIO context, made on first use; poller thread only.
+    func aioContext() throws -> AIOContext {
+        if let aio { return aio }
+        let a = try AIOContext()
+        try addToEpoll(a.eventFD.fd, Poller.tagAIO)
+        aio = a
+        return a
+    }
 
     public init(id: Int, cpu: Int32? = nil, pollMicroseconds: UInt64 = 0, ringEntries: UInt32 = 1024) throws {
         self.id = id
@@ -141,6 +152,13 @@ public final class Poller {
                 if s < slots.count, let slot = slots[s] { slot.handler.complete(tag: UInt32(truncatingIfNeeded: ud), result: res) }
             }
             if reaped > 0 { didWork = true }
+            if let aio {
+                let n = aio.reap { ud, res in
+                    let s = Int(ud >> 32)
+                    if s < slots.count, let slot = slots[s] { slot.handler.complete(tag: UInt32(truncatingIfNeeded: ud), result: res) }
+                }
+                if n > 0 { didWork = true }
+            }
             for s in active {
                 guard let slot = slots[s], !slot.broken, slot.stopping == nil else { continue }
                 do {
@@ -151,6 +169,7 @@ public final class Poller {
                 }
             }
             ioRing.submit()
+            aio?.submit()
             for s in active { slots[s]?.binding.flush() }
             finishStopping()
             if didWork {
@@ -172,6 +191,7 @@ public final class Poller {
                     let tag = tags[i]
                     if tag == Poller.tagControl { control.drain() }
                     else if tag == Poller.tagRing { ioRing.eventFD.drain() }
+                    else if tag == Poller.tagAIO { aio?.eventFD.drain() }
                     else if Int(tag) < slots.count, let slot = slots[Int(tag)] {
                         slot.binding.kick?.drain()
                         slot.binding.stats.add(.kicks)
@@ -215,7 +235,7 @@ public final class Poller {
                     continue
                 }
                 do {
-                    let handler = try make(QueueContext(binding: binding, ioRing: ioRing, slot: UInt16(id)))
+                    let handler = try make(QueueContext(binding: binding, poller: self, slot: UInt16(id)))
                     if let kick = binding.kick { try addToEpoll(kick.fd, UInt64(id)) }
                     if id == slots.count { slots.append(nil) }
                     slots[id] = Slot(binding: binding, handler: handler)

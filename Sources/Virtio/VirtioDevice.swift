@@ -29,9 +29,12 @@ public protocol QueueHandler: AnyObject {
     var stats: QueueStats { get }
 }
 
-/// What a queue handler is given: the ring, the poller's I/O ring and the slot id to tag its I/O with.
+/// What a queue handler is given: the ring, its poller (for I/O engines) and the slot id to tag its I/O with.
 public struct QueueContext {
     public let binding: QueueBinding
-    public let ioRing: IORing
+    public let poller: Poller
     public let slot: UInt16
+    public var ioRing: IORing { poller.ioRing }
+    /// The poller's AIO context, created on first use (call on the poller thread, i.e. in makeQueueHandler).
+    public func aio() throws -> AIOContext { try poller.aioContext() }
 }

@@ -38,6 +38,20 @@ int32_t vdv_uring_submit(vdv_uring *ring);
 // Copies up to max completions out and marks them seen; returns how many.
 uint32_t vdv_uring_reap(vdv_uring *ring, uint64_t *user_data, int32_t *res, uint32_t max);
 
+// ---- Linux AIO (libaio), the engine for kernels with io_uring disabled ----
+typedef struct vdv_aio vdv_aio;
+// depth iocbs; completions signal eventfd. NULL and *err = -errno on failure.
+vdv_aio *vdv_aio_create(uint32_t depth, int32_t eventfd, int32_t *err);
+void vdv_aio_destroy(vdv_aio *ctx);
+// Queue an operation (0 or -EBUSY when all iocbs are in use).
+int32_t vdv_aio_prep_rw(vdv_aio *ctx, int32_t op, int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset,
+                        uint32_t rw_flags, uint64_t user_data);
+int32_t vdv_aio_prep_fdsync(vdv_aio *ctx, int32_t fd, uint64_t user_data);
+uint32_t vdv_aio_free_slots(vdv_aio *ctx);
+// io_submit of everything queued; returns the count or -errno. Ops the kernel refused complete with their error.
+int32_t vdv_aio_submit(vdv_aio *ctx);
+uint32_t vdv_aio_reap(vdv_aio *ctx, uint64_t *user_data, int32_t *res, uint32_t max);
+
 // ---- epoll, with a 64-bit tag per fd (struct epoll_event is packed; Swift never sees it) ----
 int32_t vdv_epoll_create(void);
 int32_t vdv_epoll_add(int32_t epfd, int32_t fd, uint32_t events, uint64_t tag);
@@ -65,6 +79,8 @@ int32_t vdv_open_flags(int32_t readonly, int32_t direct);
 // Size in bytes of a regular file or block device; -errno on failure.
 int64_t vdv_file_size(int32_t fd, int32_t *is_block_device);
 int32_t vdv_memfd_create(const char *name);
+// fallocate(2); 0 or -errno.
+int32_t vdv_fallocate(int32_t fd, int32_t mode, uint64_t offset, uint64_t len);
 int32_t vdv_eventfd(uint32_t initval, int32_t nonblock);
 extern const int32_t VDV_FALLOC_PUNCH_HOLE;   // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 extern const int32_t VDV_FALLOC_ZERO_RANGE;   // FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE

@@ -1,0 +1,127 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CVdevd
+
+/// A Linux AIO context (libaio), created on first use by a poller whose queues ask for `engine=aio`.
+/// fallocate has no AIO form: it runs inline and its completion is reported through reap like the rest.
+public final class AIOContext {
+    public let ctx: OpaquePointer
+    public let eventFD: EventFD
+    let reapData = UnsafeMutablePointer<UInt64>.allocate(capacity: 256)
+    let reapRes = UnsafeMutablePointer<Int32>.allocate(capacity: 256)
+    private var queued = 0
+    private var inline: [(UInt64, Int32)] = []
+
+    public init(depth: UInt32 = 1024) throws {
+        eventFD = try EventFD()
+        var err: Int32 = 0
+        guard let c = vdv_aio_create(depth, eventFD.fd, &err) else { throw SystemError("io_setup", errno: -err) }
+        ctx = c
+        inline.reserveCapacity(Int(depth))
+    }
+
+    deinit {
+        vdv_aio_destroy(ctx)
+        reapData.deallocate()
+        reapRes.deallocate()
+    }
+
+    @inline(__always) public func hasRoom(_ n: Int) -> Bool {
+        if Int(vdv_aio_free_slots(ctx)) >= n { return true }
+        submit()
+        return Int(vdv_aio_free_slots(ctx)) >= n
+    }
+
+    @inline(__always)
+    public func readv(fd: Int32, iov: UnsafeRawPointer, count: Int, offset: UInt64, userData: UInt64) -> Bool {
+        note(vdv_aio_prep_rw(ctx, Int32(VDV_OP_READV), fd, iov, UInt32(count), offset, 0, userData))
+    }
+
+    @inline(__always)
+    public func writev(fd: Int32, iov: UnsafeRawPointer, count: Int, offset: UInt64, flags: UInt32, userData: UInt64) -> Bool {
+        note(vdv_aio_prep_rw(ctx, Int32(VDV_OP_WRITEV), fd, iov, UInt32(count), offset, flags, userData))
+    }
+
+    @inline(__always)
+    public func fsync(fd: Int32, userData: UInt64) -> Bool {
+        note(vdv_aio_prep_fdsync(ctx, fd, userData))
+    }
+
+    public func fallocate(fd: Int32, mode: Int32, offset: UInt64, length: UInt64, userData: UInt64) -> Bool {
+        inline.append((userData, vdv_fallocate(fd, mode, offset, length)))
+        eventFD.signal()
+        return true
+    }
+
+    @inline(__always) private func note(_ rc: Int32) -> Bool {
+        if rc == 0 { queued += 1 }
+        return rc == 0
+    }
+
+    public func submit() {
+        guard queued > 0 else { return }
+        queued = 0
+        _ = vdv_aio_submit(ctx)
+    }
+
+    @inline(__always)
+    public func reap(_ body: (UInt64, Int32) -> Void) -> Int {
+        var total = 0
+        while let (ud, res) = inline.popLast() {
+            body(ud, res)
+            total += 1
+        }
+        while true {
+            let n = Int(vdv_aio_reap(ctx, reapData, reapRes, 256))
+            for i in 0..<n { body(reapData[i], reapRes[i]) }
+            total += n
+            if n < 256 { return total }
+        }
+    }
+}
+
+/// The I/O engine a blk queue submits to: its poller's io_uring, or its poller's AIO context.
+/// An enum, not a protocol: the data path switches on it instead of calling through an existential.
+public enum BlockIO {
+    case uring(IORing)
+    case aio(AIOContext)
+
+    @inline(__always) public func hasRoom(_ n: Int) -> Bool {
+        switch self {
+        case .uring(let r): return r.hasRoom(n)
+        case .aio(let a): return a.hasRoom(n)
+        }
+    }
+
+    @inline(__always)
+    public func readv(fd: Int32, iov: UnsafeRawPointer, count: Int, offset: UInt64, userData: UInt64) -> Bool {
+        switch self {
+        case .uring(let r): return r.readv(fd: fd, iov: iov, count: count, offset: offset, userData: userData)
+        case .aio(let a): return a.readv(fd: fd, iov: iov, count: count, offset: offset, userData: userData)
+        }
+    }
+
+    @inline(__always)
+    public func writev(fd: Int32, iov: UnsafeRawPointer, count: Int, offset: UInt64, flags: UInt32, userData: UInt64) -> Bool {
+        switch self {
+        case .uring(let r): return r.writev(fd: fd, iov: iov, count: count, offset: offset, flags: flags, userData: userData)
+        case .aio(let a): return a.writev(fd: fd, iov: iov, count: count, offset: offset, flags: flags, userData: userData)
+        }
+    }
+
+    @inline(__always) public func fsync(fd: Int32, dataOnly: Bool, userData: UInt64) -> Bool {
+        switch self {
+        case .uring(let r): return r.fsync(fd: fd, dataOnly: dataOnly, userData: userData)
+        case .aio(let a): return a.fsync(fd: fd, userData: userData)
+        }
+    }
+
+    @inline(__always)
+    public func fallocate(fd: Int32, mode: Int32, offset: UInt64, length: UInt64, userData: UInt64) -> Bool {
+        switch self {
+        case .uring(let r): return r.fallocate(fd: fd, mode: mode, offset: offset, length: length, userData: userData)
+        case .aio(let a): return a.fallocate(fd: fd, mode: mode, offset: offset, length: length, userData: userData)
+        }
+    }
+}
