@@ -20,6 +20,9 @@ public final class BlkDevice: VirtioDevice {
     /// `writeback` config byte: 1 write back (flush needed), 0 write through (writes use RWF_DSYNC).
     let writeback = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
     public let idBytes: [UInt8]
+    /// The image lives in memory (tmpfs): requests are served inline on the poller, because io_uring would
+    /// hand every one to a worker thread (tmpfs reads cannot be issued non-blocking) and AIO copies inline anyway.
+    public let servesInline: Bool
 
     public var deviceID: VirtioDeviceID { .block }
     public var maxQueues: Int { options.numQueues }
@@ -60,6 +63,7 @@ public final class BlkDevice: VirtioDevice {
         capacitySectors = (UInt64(size) / lbs * lbs) / BlkLayout.sectorSize
         writeback.pointee = options.writeCache ? 1 : 0
         idBytes = Array(options.id.utf8.prefix(BlkLayout.idBytes))
+        servesInline = options.inlineIO && vdv_fd_on_memory_fs(fd) != 0
     }
 
     deinit {

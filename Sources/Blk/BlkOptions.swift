@@ -9,6 +9,8 @@ public struct BlkOptions: Equatable {
     public var logicalBlockSize: UInt32 = 512
     public var writeCache = true
     public var engine: Engine = .ioUring
+    /// Serve requests inline when the image is on tmpfs/ramfs (nothing there waits for a device).
+    public var inlineIO = true
 
     /// How requests reach the file: io_uring, or Linux AIO for kernels with io_uring disabled.
     public enum Engine: String, CaseIterable {

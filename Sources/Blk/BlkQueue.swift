@@ -28,6 +28,7 @@ final class BlkQueue: QueueHandler {
     let slotID: UInt16
     let fd: Int32
     let capacityBytes: UInt64
+    let inline: Bool
     let stats: QueueStats
     private var slots: UnsafeMutablePointer<BlkRequestSlot>
     private let slotCount: Int
@@ -45,6 +46,7 @@ final class BlkQueue: QueueHandler {
         ring = io
         slotID = context.slot
         fd = device.fd
+        inline = device.servesInline
         capacityBytes = device.capacitySectors * BlkLayout.sectorSize
         stats = context.binding.stats
         slotCount = Int(vq.size)
@@ -129,7 +131,11 @@ final class BlkQueue: QueueHandler {
             s.pointee.usedLength = isWrite ? 1 : UInt32(length) + 1
             s.pointee.pending = 1
             let offset = sector * BlkLayout.sectorSize
-            if isWrite {
+            if inline {
+                let r = isWrite ? vdv_pwritev(fd, s.pointee.iov, UInt32(n), offset, device.writebackEnabled ? 0 : VDV_RWF_DSYNC)
+                                : vdv_preadv(fd, s.pointee.iov, UInt32(n), offset)
+                complete(tag: tag, result: Int32(clamping: r))
+            } else if isWrite {
                 let flags: UInt32 = device.writebackEnabled ? 0 : VDV_RWF_DSYNC
                 _ = ring.writev(fd: fd, iov: s.pointee.iov, count: n, offset: offset, flags: flags, userData: ud)
             } else {
@@ -139,7 +145,9 @@ final class BlkQueue: QueueHandler {
             stats.add(.flushes)
             s.pointee.expected = 0
             s.pointee.pending = 1
-            _ = ring.fsync(fd: fd, dataOnly: !device.isBlockDevice, userData: ud)
+            if inline { complete(tag: tag, result: vdv_fdatasync(fd)) } else {
+                _ = ring.fsync(fd: fd, dataOnly: !device.isBlockDevice, userData: ud)
+            }
         case .getID:
             // 5.2.6.1: the id fills up to 20 bytes, NUL-padded when shorter.
             let room = Int(segs.writableBytes) - 1
@@ -192,10 +200,16 @@ final class BlkQueue: QueueHandler {
             let mode = (type == .discard || flags & BlkLayout.discardUnmapFlag != 0) ? VDV_FALLOC_PUNCH_HOLE
                                                                                      : VDV_FALLOC_ZERO_RANGE
             s.pointee.pending += 1
-            _ = ring.fallocate(fd: fd, mode: mode, offset: sector * BlkLayout.sectorSize,
-                               length: num * BlkLayout.sectorSize, userData: ud)
+            if inline {
+                let r = vdv_fallocate(fd, mode, sector * BlkLayout.sectorSize, num * BlkLayout.sectorSize)
+                if r < 0 { s.pointee.failed = true }
+                s.pointee.pending -= 1
+            } else {
+                _ = ring.fallocate(fd: fd, mode: mode, offset: sector * BlkLayout.sectorSize,
+                                   length: num * BlkLayout.sectorSize, userData: ud)
+            }
         }
-        if s.pointee.pending == 0 { finish(tag: tag, .ok) }
+        if s.pointee.pending == 0 { finish(tag: tag, s.pointee.failed ? .ioerr : .ok) }
     }
 
     @inline(__always)

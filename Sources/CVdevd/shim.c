@@ -17,6 +17,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -421,4 +423,24 @@ int32_t vdv_fallocate(int32_t fd, int32_t mode, uint64_t offset, uint64_t len) {
     int rc;
     do { rc = fallocate(fd, mode, (off_t)offset, (off_t)len); } while (rc < 0 && errno == EINTR);
     return rc < 0 ? -errno : 0;
+}
+
+int64_t vdv_preadv(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset) {
+    ssize_t n;
+    do { n = preadv(fd, (const struct iovec *)iov, (int)iovcnt, (off_t)offset); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+int64_t vdv_pwritev(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset, uint32_t rw_flags) {
+    ssize_t n;
+    do { n = pwritev2(fd, (const struct iovec *)iov, (int)iovcnt, (off_t)offset, (int)rw_flags); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+int32_t vdv_fdatasync(int32_t fd) { return fdatasync(fd) < 0 ? -errno : 0; }
+
+int32_t vdv_fd_on_memory_fs(int32_t fd) {
+    struct statfs s;
+    if (fstatfs(fd, &s) < 0) return 0;
+    return s.f_type == TMPFS_MAGIC || s.f_type == RAMFS_MAGIC;
 }

@@ -25,6 +25,7 @@ public struct ExportSpec: Equatable {
             Key(name: "logical-block-size", help: "512|4096 (default 512)", required: false),
             Key(name: "write-cache", help: "on|off: initial write-back mode; the guest may change it (default on)", required: false),
             Key(name: "engine", help: "io_uring|aio: how requests reach the file (default io_uring)", required: false),
+            Key(name: "inline-io", help: "auto|off: serve requests inline on the poller when the image is on tmpfs (default auto)", required: false),
             Key(name: "socket-mode", help: "octal permissions of the socket file (default 0660)", required: false),
             Key(name: "poller", help: "index of the poller thread that serves this export's queues (default: least loaded)", required: false),
         ],
@@ -121,6 +122,12 @@ public struct ExportSpec: Equatable {
                 throw ExportSpecError(export: id, key: "logical-block-size", message: "must be 512 or 4096, got \(lbs)")
             }
             blk.logicalBlockSize = UInt32(lbs)
+        }
+        if let v = values["inline-io"] {
+            guard v == "auto" || v == "off" else {
+                throw ExportSpecError(export: id, key: "inline-io", message: "expected auto or off, got '\(v)'")
+            }
+            blk.inlineIO = v == "auto"
         }
         if let e = values["engine"] {
             guard let engine = BlkOptions.Engine(rawValue: e) else {

@@ -106,30 +106,36 @@ final class BenchQueue {
         q.publish(UInt16(3 * i))
     }
 
-    /// Runs until `deadline` (CLOCK_MONOTONIC ns), then drains what is in flight.
-    func run(until deadline: UInt64) {
-        var old = q.availIndex
+    private var inflight = 0
+    private var stopping = false
+
+    /// Posts the first `iodepth` requests.
+    func start() {
+        let old = q.availIndex
         for i in 0..<iodepth { post(i) }
+        inflight = iodepth
         if q.needsKick(since: old) { kick(kickFD) }
-        var inflight = iodepth
-        var stopping = false
-        while inflight > 0 {
-            old = q.availIndex
-            var reposted = false
-            while let u = q.popUsedFixed() {
-                let i = Int(u.head) / 3
-                let t = nowNanos()
-                hist.record(t &- started[i])
-                if ram.pointer(statuses[i]).load(as: UInt8.self) != 0 { errors += 1 } else {
-                    completed += 1
-                    bytes += UInt64(blockSize)
-                    if verify && !isWrite[i] { check(i) }
-                }
-                if !stopping && t >= deadline { stopping = true }
-                if stopping { inflight -= 1 } else { post(i); reposted = true }
+    }
+
+    /// Reaps what completed and re-posts until `deadline` (CLOCK_MONOTONIC ns); false once drained.
+    @inline(__always)
+    func step(deadline: UInt64) -> Bool {
+        let old = q.availIndex
+        var reposted = false
+        while let u = q.popUsedFixed() {
+            let i = Int(u.head) / 3
+            let t = nowNanos()
+            hist.record(t &- started[i])
+            if ram.pointer(statuses[i]).load(as: UInt8.self) != 0 { errors += 1 } else {
+                completed += 1
+                bytes += UInt64(blockSize)
+                if verify && !isWrite[i] { check(i) }
             }
-            if reposted && q.needsKick(since: old) { kick(kickFD) }
+            if !stopping && t >= deadline { stopping = true }
+            if stopping { inflight -= 1 } else { post(i); reposted = true }
         }
+        if reposted && q.needsKick(since: old) { kick(kickFD) }
+        return inflight > 0
     }
 
     /// A sector that carries our stamp must carry its own LBA: catches misdirected or torn I/O.

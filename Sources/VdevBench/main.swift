@@ -10,11 +10,13 @@ struct VdevBench: ParsableCommand {
         commandName: "vdev-bench",
         abstract: "Load generator for vhost-user-blk backends: plays QEMU and the guest driver over the socket.")
 
-    @Option(help: "vhost-user-blk socket to drive.") var socket: String
+    @Option(help: "vhost-user-blk socket to drive (repeatable: several exports at once).") var socket: [String]
     @Option(help: "randread, randwrite, read, write or randrw.") var rw: String = "randread"
     @Option(help: "Block size in bytes (suffix k or m allowed).") var bs: String = "4k"
     @Option(help: "Requests in flight per queue.") var iodepth: Int = 1
-    @Option(help: "Queues, one driver thread each.") var queues: Int = 1
+    @Option(help: "Queues per socket.") var queues: Int = 1
+    @Option(help: "Driver threads; the queues of all sockets are spread over them (default: one per queue).") var threads: Int?
+    @Option(help: "Set up the rings, then stay idle this many seconds with no I/O (for idle-CPU measurements).") var idle: Double?
     @Option(help: "Run time in seconds.") var seconds: Double = 5
     @Option(help: "Use only the first N MiB of the device (default: all of it).") var sizeMib: UInt64?
     @Flag(help: "Stamp written sectors with their LBA and check every stamped sector read back.") var verify = false
@@ -40,24 +42,46 @@ struct VdevBench: ParsableCommand {
         var qsize: UInt16 = 128
         while Int(qsize) < 3 * iodepth { qsize *= 2 }
         let perQueue = UInt64(iodepth) * (UInt64(blockSize) + 8192) + 64 * UInt64(qsize) + (1 << 20)
-        let client = try BlkTestClient(socket: socket, queueCount: queues, queueSize: qsize,
-                                       ramSize: perQueue * UInt64(queues) + (4 << 20),
-                                       features: nil)
-        let cfg = try client.frontend.getConfig(offset: 0, size: 8)
-        var sectors = cfg.u64(0)
-        if let sizeMib { sectors = min(sectors, sizeMib * 2048) }
-        guard sectors >= UInt64(blockSize / 512) else { throw ValidationError("device smaller than one block") }
-
+        var clients: [BlkTestClient] = []
         var workers: [BenchQueue] = []
-        for i in 0..<queues {
-            workers.append(BenchQueue(q: client.queues[i], kick: client.kicks[i], ram: client.ram, iodepth: iodepth,
-                                      blockSize: UInt32(blockSize), sectors: sectors, mode: mode,
-                                      sequential: sequential, verify: verify, seed: 0x9e37_79b9 &* UInt64(i + 1)))
+        for (n, path) in socket.enumerated() {
+            let client = try BlkTestClient(socket: path, queueCount: queues, queueSize: qsize,
+                                           ramSize: perQueue * UInt64(queues) + (4 << 20), features: nil)
+            clients.append(client)
+            let cfg = try client.frontend.getConfig(offset: 0, size: 8)
+            var sectors = cfg.u64(0)
+            if let sizeMib { sectors = min(sectors, sizeMib * 2048) }
+            guard sectors >= UInt64(blockSize / 512) else { throw ValidationError("\(path): device smaller than one block") }
+            for i in 0..<queues {
+                workers.append(BenchQueue(q: client.queues[i], kick: client.kicks[i], ram: client.ram, iodepth: iodepth,
+                                          blockSize: UInt32(blockSize), sectors: sectors, mode: mode,
+                                          sequential: sequential, verify: verify,
+                                          seed: 0x9e37_79b9 &* UInt64(n * queues + i + 1)))
+            }
         }
+        if let idle {
+            print("\(label): \(workers.count) queues on \(socket.count) sockets set up; idle for \(fmt(idle, 1))s")
+            usleep(UInt32(idle * 1e6))
+            for c in clients { c.frontend.disconnect() }
+            return
+        }
+        let nthreads = max(1, min(threads ?? workers.count, workers.count))
         let t0 = nowNanos()
         let deadline = t0 + UInt64(seconds * 1e9)
-        let threads = workers.map { w in spawn { w.run(until: deadline) } }
-        for t in threads { pthread_join(t, nil) }
+        let groups = (0..<nthreads).map { t in stride(from: t, to: workers.count, by: nthreads).map { workers[$0] } }
+        let pthreads = groups.map { group in
+            spawn {
+                for w in group { w.start() }
+                var live = group.count
+                var done = [Bool](repeating: false, count: group.count)
+                while live > 0 {
+                    for k in 0..<group.count where !done[k] {
+                        if !group[k].step(deadline: deadline) { done[k] = true; live -= 1 }
+                    }
+                }
+            }
+        }
+        for t in pthreads { pthread_join(t, nil) }
         let elapsed = Double(nowNanos() - t0) / 1e9
 
         var hist = Histogram()
@@ -72,10 +96,10 @@ struct VdevBench: ParsableCommand {
         let iops = Double(ios) / elapsed
         let mibps = Double(bytes) / elapsed / 1048576
         let mean = hist.mean / 1000, p50 = Double(hist.percentile(50)) / 1000, p99 = Double(hist.percentile(99)) / 1000
-        print("\(label): \(rw) bs=\(blockSize) iodepth=\(iodepth) queues=\(queues) \(fmt(elapsed, 1))s")
+        print("\(label): \(rw) bs=\(blockSize) iodepth=\(iodepth) sockets=\(socket.count) queues=\(queues) threads=\(nthreads) \(fmt(elapsed, 1))s")
         print("  IOPS \(Int(iops))  \(fmt(mibps, 1)) MiB/s  latency mean \(fmt(mean, 1))us p50 \(fmt(p50, 1))us p99 \(fmt(p99, 1))us  errors \(errors)\(verify ? " verify_errors \(verifyErrors)" : "")")
-        print("{\"label\":\"\(label)\",\"rw\":\"\(rw)\",\"bs\":\(blockSize),\"iodepth\":\(iodepth),\"queues\":\(queues),\"seconds\":\(fmt(elapsed, 3)),\"ios\":\(ios),\"iops\":\(fmt(iops, 0)),\"mibps\":\(fmt(mibps, 2)),\"lat_mean_us\":\(fmt(mean, 2)),\"lat_p50_us\":\(fmt(p50, 2)),\"lat_p99_us\":\(fmt(p99, 2)),\"errors\":\(errors),\"verify_errors\":\(verifyErrors)}")
-        client.frontend.disconnect()
+        print("{\"label\":\"\(label)\",\"rw\":\"\(rw)\",\"bs\":\(blockSize),\"iodepth\":\(iodepth),\"sockets\":\(socket.count),\"queues\":\(queues),\"threads\":\(nthreads),\"seconds\":\(fmt(elapsed, 3)),\"ios\":\(ios),\"iops\":\(fmt(iops, 0)),\"mibps\":\(fmt(mibps, 2)),\"lat_mean_us\":\(fmt(mean, 2)),\"lat_p50_us\":\(fmt(p50, 2)),\"lat_p99_us\":\(fmt(p99, 2)),\"errors\":\(errors),\"verify_errors\":\(verifyErrors)}")
+        for c in clients { c.frontend.disconnect() }
         if errors > 0 || verifyErrors > 0 { throw ExitCode(1) }
     }
 }

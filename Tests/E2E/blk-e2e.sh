@@ -4,7 +4,8 @@
 #   Tests/E2E/blk-e2e.sh                     BACKEND=vdevd (default), VDEVD=.build/debug/vdevd
 #   BACKEND=qsd Tests/E2E/blk-e2e.sh         reference: qemu-storage-daemon 7.2
 #
-# Environment: BACKEND=vdevd|qsd, VDEVD=path, VDEVD_ARGS='--pollers 2 ...' (extra daemon flags), KEEP_WORK=1 (keep the work dir even on success),
+# Environment: BACKEND=vdevd|qsd, VDEVD=path, VDEVD_ARGS='--pollers 2 ...' (extra daemon flags),
+#              DISK0_KEYS=',engine=aio' (extra keys for disk0's export), KEEP_WORK=1 (keep the work dir even on success),
 #              GUEST_TIMEOUT=seconds (default 150), VERBOSE=1 (echo the guest console live).
 # Exit status: 0 all checks passed, 1 a check failed, 2 setup error.
 #
@@ -95,7 +96,7 @@ if [ "$BACKEND" = qsd ]; then
 else
     # shellcheck disable=SC2086
     "$VDEVD" ${VDEVD_ARGS:-} \
-        --export "vhost-user-blk,id=disk0,path=$IMG,socket=$SOCK,num-queues=2" \
+        --export "vhost-user-blk,id=disk0,path=$IMG,socket=$SOCK,num-queues=2${DISK0_KEYS:-}" \
         --export "vhost-user-blk,id=ro0,path=$IMG2,socket=$SOCK2,readonly=on" \
         > "$BLOG" 2>&1 &
     BPID=$!

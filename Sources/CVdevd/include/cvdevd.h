@@ -79,6 +79,12 @@ int32_t vdv_open_flags(int32_t readonly, int32_t direct);
 // Size in bytes of a regular file or block device; -errno on failure.
 int64_t vdv_file_size(int32_t fd, int32_t *is_block_device);
 int32_t vdv_memfd_create(const char *name);
+// preadv2/pwritev2 (bytes or -errno) and fdatasync (0 or -errno), for files that never block (tmpfs).
+int64_t vdv_preadv(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset);
+int64_t vdv_pwritev(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset, uint32_t rw_flags);
+int32_t vdv_fdatasync(int32_t fd);
+// 1 if fd's file system keeps everything in memory (tmpfs, ramfs): I/O there never waits for a device.
+int32_t vdv_fd_on_memory_fs(int32_t fd);
 // fallocate(2); 0 or -errno.
 int32_t vdv_fallocate(int32_t fd, int32_t mode, uint64_t offset, uint64_t len);
 int32_t vdv_eventfd(uint32_t initval, int32_t nonblock);
