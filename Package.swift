@@ -22,9 +22,10 @@ let package = Package(
         // Guest memory, split virtqueues, descriptor chains, pollers.
         .target(name: "Virtio", dependencies: ["CVdevd"], path: "Sources/Virtio"),
         .target(name: "Blk", dependencies: ["Virtio", "CVdevd"], path: "Sources/Blk"),
+        .target(name: "Vsock", dependencies: ["Virtio", "CVdevd"], path: "Sources/Vsock"),
         .target(
             name: "Exports",
-            dependencies: ["Virtio", "Blk", "CVdevd", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Virtio", "Blk", "Vsock", "CVdevd", .product(name: "Logging", package: "swift-log")],
             path: "Sources/Exports"
         ),
         .executableTarget(

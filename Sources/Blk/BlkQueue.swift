@@ -220,6 +220,8 @@ final class BlkQueue: QueueHandler {
         return !o2 && end <= capacityBytes
     }
 
+    func hasPendingWork() -> Bool { ((try? vq.pendingCount()) ?? 0) > 0 }
+
     func complete(tag: UInt32, result: Int32) {
         guard Int(tag) < slotCount else { return }
         let s = slots + Int(tag)

@@ -444,3 +444,13 @@ int32_t vdv_fd_on_memory_fs(int32_t fd) {
     if (fstatfs(fd, &s) < 0) return 0;
     return s.f_type == TMPFS_MAGIC || s.f_type == RAMFS_MAGIC;
 }
+
+int32_t vdv_unix_connect_nb(const char *path, int32_t type) {
+    return vdv_unix_connect(path, type | SOCK_NONBLOCK);
+}
+
+int32_t vdv_accept_nb(int32_t listen_fd) {
+    int fd;
+    do { fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); } while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : fd;
+}

@@ -1,6 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Blk
+import CVdevd
 import Logging
 import Virtio
+import Vsock
 
 /// Builds exports from validated specs.
 public enum ExportFactory {
@@ -18,6 +23,31 @@ public enum ExportFactory {
             }
             return try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, socketMode: spec.socketMode,
                                        pollers: pollers, preferredPoller: spec.poller, logger: logger)
+        case .vhostUserVsock:
+            let o = spec.vsock!
+            try SocketPath.prepare(o.udsPath)
+            let fd = vdv_unix_listen(o.udsPath, o.socketMode, 128)
+            guard fd >= 0 else { throw ExportError.socket(o.udsPath, SystemError("bind/listen", errno: -fd).description) }
+            let device = VsockDevice(options: o, listenFD: fd)
+            // Siblings share a poller so relaying between them stays on one thread.
+            let poller = spec.poller ?? VsockRegistry.shared.poller(forGroups: o.groups) ?? pollers.pick().id
+            let export: VhostUserExport
+            do {
+                export = try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, socketMode: spec.socketMode,
+                                             pollers: pollers, preferredPoller: poller, logger: logger)
+            } catch {
+                unlink(o.udsPath)
+                throw error
+            }
+            let log = export.logger
+            device.log = { log.info("\($0)") }
+            device.trace = { log.debug("\($0)") }
+            VsockRegistry.shared.add(device, poller: poller)
+            export.onStop.append {
+                VsockRegistry.shared.remove(device)
+                unlink(o.udsPath)
+            }
+            return export
         }
     }
 }

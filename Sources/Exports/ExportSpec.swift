@@ -1,10 +1,12 @@
 import Blk
+import Vsock
 
 /// An export as the operator wrote it: `TYPE,key=value,...` (a literal comma in a value is written `,,`,
 /// as in QEMU). Parsing validates every key and value before anything is created.
 public struct ExportSpec: Equatable {
     public enum Kind: String, CaseIterable {
         case vhostUserBlk = "vhost-user-blk"
+        case vhostUserVsock = "vhost-user-vsock"
     }
 
     public struct Key {
@@ -29,11 +31,25 @@ public struct ExportSpec: Equatable {
             Key(name: "socket-mode", help: "octal permissions of the socket file (default 0660)", required: false),
             Key(name: "poller", help: "index of the poller thread that serves this export's queues (default: least loaded)", required: false),
         ],
+        .vhostUserVsock: [
+            Key(name: "id", help: "export name; used in logs and stats", required: true),
+            Key(name: "guest-cid", help: "the guest's CID (3 or more), given to it through config space", required: true),
+            Key(name: "socket", help: "vhost-user socket path to create", required: true),
+            Key(name: "uds-path", help: "host Unix socket: host programs connect here and write CONNECT <port>; guest connections to host port P go to <uds-path>_<P>", required: true),
+            Key(name: "tx-buffer-size", help: "bytes held per connection on the way to the host socket (default 262144)", required: false),
+            Key(name: "groups", help: "groups joined, a+b+c: exports sharing a group reach each other by CID", required: false),
+            Key(name: "queue-size", help: "largest queue size accepted, power of two 64-32768 (default 256)", required: false),
+            Key(name: "socket-mode", help: "octal permissions of the socket files (default 0660)", required: false),
+            Key(name: "poller", help: "index of the poller thread that serves this export (default: its group's, else least loaded)", required: false),
+        ],
     ]
 
     public var kind: Kind
     public var id: String
+    /// Options of a vhost-user-blk export (for other kinds only id is meaningful).
     public var blk: BlkOptions
+    /// Options of a vhost-user-vsock export.
+    public var vsock: VsockOptions?
     public var socket: String
     public var socketMode: UInt32 = 0o660
     public var poller: Int?
@@ -108,7 +124,24 @@ public struct ExportSpec: Equatable {
             throw ExportSpecError(export: id, key: k.name, message: "required")
         }
         let v = Values(export: id!, values: values)
-        var blk = BlkOptions(id: id!, path: values["path"]!)
+        var spec: ExportSpec
+        switch kind {
+        case .vhostUserBlk: spec = try parseBlk(id: id!, values: values, v)
+        case .vhostUserVsock: spec = try parseVsock(id: id!, values: values, v)
+        }
+        if let m = values["socket-mode"] {
+            guard let mode = UInt32(m, radix: 8), mode <= 0o777 else {
+                throw ExportSpecError(export: id, key: "socket-mode", message: "expected octal permissions like 0660, got '\(m)'")
+            }
+            spec.socketMode = mode
+            spec.vsock?.socketMode = mode
+        }
+        spec.poller = try v.int("poller", 0...1023)
+        return spec
+    }
+
+    private static func parseBlk(id: String, values: [String: String], _ v: Values) throws -> ExportSpec {
+        var blk = BlkOptions(id: id, path: values["path"]!)
         blk.numQueues = try v.int("num-queues", 1...64) ?? 1
         blk.queueSize = UInt32(try v.int("queue-size", 64...32768) ?? 256)
         guard blk.queueSize & (blk.queueSize - 1) == 0 else {
@@ -135,30 +168,52 @@ public struct ExportSpec: Equatable {
             }
             blk.engine = engine
         }
-        var spec = ExportSpec(kind: kind, blk: blk, socket: values["socket"]!)
-        if let m = values["socket-mode"] {
-            guard let mode = UInt32(m, radix: 8), mode <= 0o777 else {
-                throw ExportSpecError(export: id, key: "socket-mode", message: "expected octal permissions like 0660, got '\(m)'")
-            }
-            spec.socketMode = mode
+        return ExportSpec(kind: .vhostUserBlk, blk: blk, socket: values["socket"]!)
+    }
+
+    private static func parseVsock(id: String, values: [String: String], _ v: Values) throws -> ExportSpec {
+        guard let cidText = values["guest-cid"], let cid = UInt64(cidText), cid >= 3, cid < UInt64(UInt32.max) else {
+            throw ExportSpecError(export: id, key: "guest-cid", message: "expected a CID from 3 to 4294967294, got '\(values["guest-cid"] ?? "")'")
         }
-        spec.poller = try v.int("poller", 0...1023)
+        var o = VsockOptions(id: id, guestCID: cid, udsPath: values["uds-path"]!)
+        if let n = try v.int("tx-buffer-size", 4096...(64 << 20)) { o.txBufferSize = UInt32(n) }
+        o.queueSize = UInt32(try v.int("queue-size", 64...32768) ?? 256)
+        guard o.queueSize & (o.queueSize - 1) == 0 else {
+            throw ExportSpecError(export: id, key: "queue-size", message: "must be a power of two, got \(o.queueSize)")
+        }
+        if let g = values["groups"] {
+            let groups = g.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+            guard !groups.contains(where: { $0.isEmpty }) else {
+                throw ExportSpecError(export: id, key: "groups", message: "expected names joined by +, got '\(g)'")
+            }
+            o.groups = groups
+        }
+        var spec = ExportSpec(kind: .vhostUserVsock, blk: BlkOptions(id: id, path: ""), socket: values["socket"]!)
+        spec.vsock = o
         return spec
     }
 
     /// Checks across exports: ids and socket paths are unique.
     public static func validate(_ specs: [ExportSpec]) throws {
-        var ids = Set<String>(), sockets = Set<String>()
+        var ids = Set<String>(), sockets = Set<String>(), cids = Set<UInt64>()
         for s in specs {
             guard ids.insert(s.id).inserted else { throw ExportSpecError(export: s.id, key: "id", message: "used by two exports") }
             guard sockets.insert(s.socket).inserted else {
                 throw ExportSpecError(export: s.id, key: "socket", message: "\(s.socket) is used by two exports")
             }
+            if let v = s.vsock {
+                guard sockets.insert(v.udsPath).inserted else {
+                    throw ExportSpecError(export: s.id, key: "uds-path", message: "\(v.udsPath) is used twice")
+                }
+                guard cids.insert(v.guestCID).inserted else {
+                    throw ExportSpecError(export: s.id, key: "guest-cid", message: "CID \(v.guestCID) is used by two exports")
+                }
+            }
         }
     }
 }
 
-private struct Values {
+struct Values {
     let export: String
     let values: [String: String]
 

@@ -42,6 +42,40 @@ public final class Poller {
     static let tagControl: UInt64 = 1 << 62
     static let tagRing: UInt64 = 1 << 62 | 1
     static let tagAIO: UInt64 = 1 << 62 | 2
+    static let tagWatcher: UInt64 = 1 << 61
+    private var watchers: [UInt64: FDWatcher] = [:]
+    private var nextWatchToken: UInt64 = 0
+
+    /// Adds fd to this poller's epoll; `w.fdReady` runs on the poller thread. Poller thread only.
+    public func watch(fd: Int32, events: UInt32, _ w: FDWatcher) throws -> UInt64 {
+        nextWatchToken += 1
+        let tag = Poller.tagWatcher | nextWatchToken
+        _ = try checkNegErrno("epoll_ctl(ADD)", vdv_epoll_add(epfd, fd, events, tag))
+        watchers[tag] = w
+        return tag
+    }
+
+    /// Changes the events a watched fd is waited for (e.g. drop EPOLLOUT once a buffer drained).
+    public func rewatch(fd: Int32, events: UInt32, token: UInt64) {
+        _ = vdv_epoll_mod(epfd, fd, events, token)
+    }
+
+    /// Removes fd from the epoll; call before closing it. Poller thread only.
+    public func unwatch(fd: Int32, token: UInt64) {
+        _ = vdv_epoll_del(epfd, fd)
+        watchers[token] = nil
+    }
+
+    private func dispatch(tag: UInt64, events: UInt32) {
+        if tag == Poller.tagControl { control.drain() }
+        else if tag == Poller.tagRing { ioRing.eventFD.drain() }
+        else if tag == Poller.tagAIO { aio?.eventFD.drain() }
+        else if tag & Poller.tagWatcher != 0 { watchers[tag]?.fdReady(events: events) }
+        else if Int(tag) < slots.count, let slot = slots[Int(tag)] {
+            slot.binding.kick?.drain()
+            slot.binding.stats.add(.kicks)
+        }
+    }
     private var aio: AIOContext?
 
     /// The poller's AIO context, made on first use; poller thread only.
@@ -145,8 +179,18 @@ public final class Poller {
         }
         var lastWork = monotonicMicros()
         var sleeping = false
+        var justWoke = false
         while running {
             var didWork = runCommands()
+            if !watchers.isEmpty && !justWoke {
+                // Awake and spinning: host fds are not seen by a blocking epoll_wait, so look now.
+                let n = vdv_epoll_wait(epfd, tags, events, Int32(maxEvents), 0)
+                for i in 0..<Int(max(n, 0)) {
+                    dispatch(tag: tags[i], events: events[i])
+                    if tags[i] & Poller.tagWatcher != 0 { didWork = true }
+                }
+            }
+            justWoke = false
             let reaped = ioRing.reap { ud, res in
                 let s = Int(ud >> 32)
                 if s < slots.count, let slot = slots[s] { slot.handler.complete(tag: UInt32(truncatingIfNeeded: ud), result: res) }
@@ -187,17 +231,9 @@ public final class Poller {
             if anyPending() { continue }
             let n = vdv_epoll_wait(epfd, tags, events, Int32(maxEvents), -1)
             if n > 0 {
-                for i in 0..<Int(n) {
-                    let tag = tags[i]
-                    if tag == Poller.tagControl { control.drain() }
-                    else if tag == Poller.tagRing { ioRing.eventFD.drain() }
-                    else if tag == Poller.tagAIO { aio?.eventFD.drain() }
-                    else if Int(tag) < slots.count, let slot = slots[Int(tag)] {
-                        slot.binding.kick?.drain()
-                        slot.binding.stats.add(.kicks)
-                    }
-                }
+                for i in 0..<Int(n) { dispatch(tag: tags[i], events: events[i]) }
             }
+            justWoke = true
             if pollMicroseconds > 0 { setNotifications(enabled: false); sleeping = false }
         }
         // Exit: nothing may be left running; drain what is in flight.
@@ -214,7 +250,7 @@ public final class Poller {
     private func anyPending() -> Bool {
         for s in active {
             guard let slot = slots[s], !slot.broken, slot.stopping == nil else { continue }
-            if let n = try? slot.binding.vq.pendingCount(), n > 0 { return true }
+            if slot.handler.hasPendingWork() { return true }
         }
         return false
     }
@@ -279,6 +315,7 @@ public final class Poller {
                 removeFromEpoll(slot)
                 slots[s] = nil
                 active.remove(at: i)
+                slot.handler.detached()
                 done.fulfill(slot.binding.vq.lastAvailIdx)
                 continue
             }

@@ -15,6 +15,12 @@ public protocol VirtioDevice: AnyObject {
     func makeQueueHandler(context: QueueContext) throws -> QueueHandler
     /// Device reset: forget negotiated state (queues are already stopped).
     func reset()
+    /// True when all queues of one device must run on the same poller (they share connection state).
+    var queuesSharePoller: Bool { get }
+}
+
+extension VirtioDevice {
+    public var queuesSharePoller: Bool { false }
 }
 
 /// Serves one queue on its poller. Every call happens on that poller's thread.
@@ -27,6 +33,20 @@ public protocol QueueHandler: AnyObject {
     var inflight: Int { get }
     /// Counters for stats, readable from any thread (relaxed).
     var stats: QueueStats { get }
+    /// The queue left its poller (stopped and drained); last call on the poller thread.
+    func detached()
+    /// Whether process() has something to do now; checked after notifications are armed, before sleeping.
+    /// A queue whose avail entries wait for an outside event (vsock rx buffers) answers false for them.
+    func hasPendingWork() -> Bool
+}
+
+extension QueueHandler {
+    public func detached() {}
+}
+
+/// Something with an fd in a poller's epoll (a host socket of a vsock connection, a listener).
+public protocol FDWatcher: AnyObject {
+    func fdReady(events: UInt32)
 }
 
 /// What a queue handler is given: the ring, its poller (for I/O engines) and the slot id to tag its I/O with.

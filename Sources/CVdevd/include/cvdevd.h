@@ -69,6 +69,9 @@ int64_t vdv_send_with_fds(int32_t sock, const void *buf, uint64_t len, const int
 // Socket creation helpers: return fd or -errno.
 int32_t vdv_unix_listen(const char *path, uint32_t mode, int32_t backlog);
 int32_t vdv_unix_connect(const char *path, int32_t type);
+// Non-blocking Unix connect (SOCK_STREAM or SOCK_SEQPACKET) and accept; fd or -errno.
+int32_t vdv_unix_connect_nb(const char *path, int32_t type);
+int32_t vdv_accept_nb(int32_t listen_fd);
 // accept4 with close-on-exec; fd or -errno.
 int32_t vdv_accept(int32_t listen_fd);
 // Returns 1 if a listener answers at path, 0 if nobody does (stale), -errno otherwise.

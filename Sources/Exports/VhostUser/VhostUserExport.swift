@@ -14,13 +14,15 @@ public final class VhostUserExport: Export {
     public let queueStats: [QueueStats]
     let pollers: PollerGroup
     let preferredPoller: Int?
-    var logger: Logger
+    public internal(set) var logger: Logger
     private let listenFD: Int32
     private let stopEvent: EventFD
     private var thread: pthread_t?
     private let stateLock = Lock()
     private var connected = false
     private var connectionsServed = 0
+    /// Run at stop, after the socket is removed (e.g. a vsock export's host socket).
+    public var onStop: [() -> Void] = []
 
     public init(id: String, device: VirtioDevice, socketPath: String, socketMode: UInt32, pollers: PollerGroup,
                 preferredPoller: Int?, logger: Logger) throws {
@@ -60,6 +62,7 @@ public final class VhostUserExport: Export {
         if let t = thread { pthread_join(t, nil) }
         thread = nil
         unlink(socketPath)
+        for f in onStop { f() }
         for (i, s) in queueStats.enumerated() {
             let fields = QueueStats.Counter.allCases.map { "\($0)=\(s.get($0))" }.joined(separator: " ")
             logger.info("queue \(i) totals: \(fields)")

@@ -32,6 +32,7 @@ final class VhostUserSession {
     private var memory = GuestMemory.empty
     private var vrings: [Vring]
     private var status: UInt8 = 0
+    private var sessionPoller: Poller?
 
     /// What this backend supports of the protocol.
     static let supportedProtocolFeatures: UInt64 =
@@ -347,7 +348,14 @@ final class VhostUserSession {
             log.error("queue \(i) stopped: \(e)")
             err?.signal()
         }
-        let poller = pollers.pick(preferred: preferredPoller)
+        // Devices whose queues share state (vsock) keep all of them on one poller.
+        let poller: Poller
+        if device.queuesSharePoller {
+            if sessionPoller == nil { sessionPoller = pollers.pick(preferred: preferredPoller) }
+            poller = sessionPoller!
+        } else {
+            poller = pollers.pick(preferred: preferredPoller)
+        }
         let dev = device
         let slot = try poller.attach(binding) { ctx in try dev.makeQueueHandler(context: ctx) }
         vrings[i].running = (poller, slot)

@@ -1,0 +1,26 @@
+/// What an operator sets on a vsock export.
+public struct VsockOptions: Equatable {
+    public var id: String
+    public var guestCID: UInt64
+    /// Host side: host programs connect here and write `CONNECT <port>\n`; guest connections to host port P
+    /// go to `<udsPath>_<P>`.
+    public var udsPath: String
+    /// Bytes vdevd holds per connection for data on its way from the guest to the host socket (our buf_alloc).
+    public var txBufferSize: UInt32 = 256 * 1024
+    /// Exports sharing a group reach each other by CID.
+    public var groups: [String] = []
+    public var queueSize: UInt32 = 256
+    public var socketMode: UInt32 = 0o660
+
+    public init(id: String, guestCID: UInt64, udsPath: String) {
+        self.id = id
+        self.guestCID = guestCID
+        self.udsPath = udsPath
+    }
+
+    /// Caps on what a guest or a host peer can grow.
+    public static let maxConnections = 4096
+    public static let maxConnectLine = 64
+    public static let maxPendingPackets = 4096
+    public static let maxSeqpacketMessage = 1 << 20
+}
