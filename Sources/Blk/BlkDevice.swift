@@ -23,6 +23,21 @@ public final class BlkDevice: VirtioDevice {
     /// The image lives in memory (tmpfs): requests are served inline on the poller, because io_uring would
     /// hand every one to a worker thread (tmpfs reads cannot be issued non-blocking) and AIO copies inline anyway.
     public let servesInline: Bool
+    public let zeroRangeSupported: Bool
+    /// Zeros for WRITE_ZEROES where the file system cannot zero a range itself.
+    static let zeros = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 4096).initializeMemory(as: UInt8.self, repeating: 0, count: 1 << 16)
+
+    /// Writes zeros over [offset, offset+length) with plain writes; 0 or -errno.
+    func writeZeros(offset: UInt64, length: UInt64) -> Int32 {
+        var done: UInt64 = 0
+        while done < length {
+            let n = Int(min(length - done, 1 << 16))
+            let r = pwrite(fd, BlkDevice.zeros, n, off_t(offset + done))
+            if r < 0 { if errno == EINTR { continue }; return -errno }
+            done += UInt64(r)
+        }
+        return 0
+    }
 
     public var deviceID: VirtioDeviceID { .block }
     public var maxQueues: Int { options.numQueues }
@@ -63,7 +78,10 @@ public final class BlkDevice: VirtioDevice {
         capacitySectors = (UInt64(size) / lbs * lbs) / BlkLayout.sectorSize
         writeback.pointee = options.writeCache ? 1 : 0
         idBytes = Array(options.id.utf8.prefix(BlkLayout.idBytes))
-        servesInline = options.inlineIO && vdv_fd_on_memory_fs(fd) != 0
+        let onMemoryFS = vdv_fd_on_memory_fs(fd) != 0
+        servesInline = options.inlineIO && onMemoryFS
+        // tmpfs has no FALLOC_FL_ZERO_RANGE: WRITE_ZEROES without unmap writes zeros there instead.
+        zeroRangeSupported = !onMemoryFS
     }
 
     deinit {

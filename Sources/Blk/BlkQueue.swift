@@ -200,7 +200,13 @@ final class BlkQueue: QueueHandler {
             let mode = (type == .discard || flags & BlkLayout.discardUnmapFlag != 0) ? VDV_FALLOC_PUNCH_HOLE
                                                                                      : VDV_FALLOC_ZERO_RANGE
             s.pointee.pending += 1
-            if inline {
+            if mode == VDV_FALLOC_ZERO_RANGE && !device.zeroRangeSupported {
+                // Only memory file systems land here: zeros are written inline, at memory speed.
+                if device.writeZeros(offset: sector * BlkLayout.sectorSize, length: num * BlkLayout.sectorSize) < 0 {
+                    s.pointee.failed = true
+                }
+                s.pointee.pending -= 1
+            } else if inline {
                 let r = vdv_fallocate(fd, mode, sector * BlkLayout.sectorSize, num * BlkLayout.sectorSize)
                 if r < 0 { s.pointee.failed = true }
                 s.pointee.pending -= 1

@@ -209,6 +209,7 @@ public final class Poller {
                     if try slot.handler.process() { didWork = true }
                 } catch {
                     slots[s]!.broken = true
+                    slot.binding.stats.add(.errors)
                     slot.binding.onError(error)
                 }
             }

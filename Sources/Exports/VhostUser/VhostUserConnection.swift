@@ -66,9 +66,11 @@ final class VhostUserConnection {
         return VhostUserMessage(request: request, flags: flags, payload: payload, fds: received)
     }
 
+    /// Reads the rest of a message; a frontend that stalls mid-message still cannot block a stop.
     private func readFully(_ buf: inout [UInt8], from start: Int) -> Bool {
         var off = start
         while off < buf.count {
+            guard waitReadable() else { return false }
             let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + off, $0.count - off) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return false }
