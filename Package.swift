@@ -49,6 +49,12 @@ let package = Package(
         ),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "CVdevd", "VhostUserTestSupport"], path: "Tests/VirtioTests"),
         .testTarget(
+            name: "VsockTests",
+            dependencies: ["Exports", "Vsock", "Virtio", "VhostUserTestSupport", "CVdevd",
+                           .product(name: "Logging", package: "swift-log")],
+            path: "Tests/VsockTests"
+        ),
+        .testTarget(
             name: "ExportsTests",
             dependencies: ["Exports", "Blk", "Virtio", "VhostUserTestSupport", "CVdevd"],
             path: "Tests/ExportsTests"
