@@ -8,7 +8,16 @@ import VhostUserTestSupport
 struct VdevBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vdev-bench",
-        abstract: "Load generator for vhost-user-blk backends: plays QEMU and the guest driver over the socket.")
+        abstract: "Load generator for vhost-user backends: plays QEMU and the guest driver over the socket.",
+        subcommands: [BlkBench.self, VsockBench.self],
+        defaultSubcommand: BlkBench.self)
+}
+
+/// Block I/O against any vhost-user-blk socket (vdevd, qemu-storage-daemon).
+struct BlkBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "blk",
+        abstract: "Block I/O load against a vhost-user-blk socket (the default subcommand).")
 
     @Option(help: "vhost-user-blk socket to drive (repeatable: several exports at once).") var socket: [String]
     @Option(help: "randread, randwrite, read, write or randrw.") var rw: String = "randread"

@@ -50,6 +50,8 @@ public final class VsockTestDriver {
         public var reset = false
         /// Every payload byte received on this connection.
         public var totalReceived = 0
+        /// When false, payloads are counted but not kept (benchmarks).
+        public var keepData = true
         /// When false, received bytes are not counted as consumed (a slow reader: credit is not returned).
         public var consuming = true
         init(localPort: UInt32, peerCID: UInt64, peerPort: UInt32, type: UInt16) {
@@ -76,7 +78,12 @@ public final class VsockTestDriver {
     private var rxBuffers: [UInt16: UInt64] = [:]
     private var txFree: [(UInt64, UInt64)] = []
     private var txInUse: [UInt16: (UInt64, UInt64)] = [:]
-    public private(set) var conns: [String: Conn] = [:]
+    public struct ConnKey: Hashable {
+        public var local: UInt32
+        public var cid: UInt64
+        public var port: UInt32
+    }
+    public private(set) var conns: [ConnKey: Conn] = [:]
     /// Packets that matched no connection (RSTs for unknown ports, requests from the host, events).
     public var unmatched: [Packet] = []
     public static let maxPayload = 65536
@@ -91,12 +98,15 @@ public final class VsockTestDriver {
         try frontend.command(.setOwner)
         let cfg = try frontend.getConfig(offset: 0, size: 8)
         guestCID = cfg.u64(0)
-        try frontend.setFeatures(((features ?? offered) & offered) | VhostUserFrontend.protocolFeaturesBit)
+        let acked = ((features ?? offered) & offered) | VhostUserFrontend.protocolFeaturesBit
+        try frontend.setFeatures(acked)
         try frontend.setMemTable([ram])
         self.bufAlloc = bufAlloc
         self.rxBufferSize = rxBufferSize
         rxq = DriverVirtqueue(ram: ram, size: queueSize)
         txq = DriverVirtqueue(ram: ram, size: queueSize)
+        rxq.eventIdx = acked & (1 << 29) != 0
+        txq.eventIdx = rxq.eventIdx
         // Like QEMU's vhost-user-vsock: the backend runs rx and tx; the event queue stays with the frontend.
         let (k0, c0) = try frontend.startVring(0, rxq)
         let (k1, c1) = try frontend.startVring(1, txq)
@@ -115,7 +125,7 @@ public final class VsockTestDriver {
 
     deinit { for f in kicks + calls { close(f) } }
 
-    static func key(_ local: UInt32, _ cid: UInt64, _ port: UInt32) -> String { "\(local)-\(cid)-\(port)" }
+    static func key(_ local: UInt32, _ cid: UInt64, _ port: UInt32) -> ConnKey { ConnKey(local: local, cid: cid, port: port) }
 
     // MARK: sending
 
@@ -219,6 +229,28 @@ public final class VsockTestDriver {
         } while off < data.count
     }
 
+    /// Benchmark path: RW packets of `size` bytes whose payload is whatever the tx buffers hold (no copy).
+    /// Returns the bytes sent before `deadline` (CLOCK_MONOTONIC seconds) as credit allowed.
+    public func sendBulk(_ c: Conn, size: Int, until deadline: Double) throws -> Int {
+        var total = 0
+        while monotonicSeconds() < deadline {
+            poll()
+            let n = min(size, Int(c.credit))
+            if n == 0 || txFree.isEmpty { continue }
+            let (hg, pg) = txFree.removeLast()
+            var h = header(c, .rw)
+            h.len = UInt32(n)
+            ram.write(hg, h.bytes)
+            let head = txq.add([.init(gpa: hg, length: 44, writable: false), .init(gpa: pg, length: UInt32(n), writable: false)])
+            txInUse[head] = (hg, pg)
+            let old = txq.availIndex &- 1
+            if txq.needsKick(since: old) { kick(kicks[1]) }
+            c.txCnt &+= UInt32(n)
+            total += n
+        }
+        return total
+    }
+
     public func shutdown(_ c: Conn, flags: UInt32) throws { try sendPacket(header(c, .shutdown, flags: flags)) }
     public func reset(_ c: Conn) throws {
         try sendPacket(header(c, .rst))
@@ -240,24 +272,41 @@ public final class VsockTestDriver {
         reapTx()
         var out: [Packet] = []
         var reposted = false
-        while let u = rxq.popUsed() {
-            guard let g = rxBuffers.removeValue(forKey: u.head) else { continue }
-            let raw = ram.read(g, Int(min(u.length, 44 + rxBufferSize)))
-            if raw.count >= 44 {
-                let h = Header(raw)
-                let payload = Array(raw[44..<min(raw.count, 44 + Int(h.len))])
-                out.append(Packet(header: h, payload: payload))
+        // rx buffers keep their descriptor for life: a used one is simply made available again.
+        let oldAvail = rxq.availIndex
+        while let u = rxq.popUsedFixed() {
+            guard let g = rxBuffers[u.head] else { continue }
+            if u.length >= 44 {
+                let hp = ram.pointer(g)
+                var h = Header()
+                h.srcCID = hp.loadUnaligned(as: UInt64.self)
+                h.dstCID = hp.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+                h.srcPort = hp.loadUnaligned(fromByteOffset: 16, as: UInt32.self)
+                h.dstPort = hp.loadUnaligned(fromByteOffset: 20, as: UInt32.self)
+                h.len = hp.loadUnaligned(fromByteOffset: 24, as: UInt32.self)
+                h.type = hp.loadUnaligned(fromByteOffset: 28, as: UInt16.self)
+                h.op = hp.loadUnaligned(fromByteOffset: 30, as: UInt16.self)
+                h.flags = hp.loadUnaligned(fromByteOffset: 32, as: UInt32.self)
+                h.bufAlloc = hp.loadUnaligned(fromByteOffset: 36, as: UInt32.self)
+                h.fwdCnt = hp.loadUnaligned(fromByteOffset: 40, as: UInt32.self)
+                let n = max(0, min(Int(h.len), Int(min(u.length, 44 + rxBufferSize)) - 44))
+                let c = conns[Self.key(h.dstPort, h.srcCID, h.srcPort)]
+                if let c, !c.keepData, h.op == Op.rw.rawValue {
+                    // Count only: no copy out of guest memory.
+                    file(Packet(header: h, payload: []), countedBytes: n)
+                } else {
+                    out.append(Packet(header: h, payload: n > 0 ? ram.read(g + 44, n) : []))
+                }
             }
-            let head = rxq.add([.init(gpa: g, length: 44 + rxBufferSize, writable: true)])
-            rxBuffers[head] = g
+            rxq.publish(u.head)
             reposted = true
         }
-        if reposted { kick(kicks[0]) }
+        if reposted && rxq.needsKick(since: oldAvail) { kick(kicks[0]) }
         for p in out { file(p) }
         return out
     }
 
-    private func file(_ p: Packet) {
+    private func file(_ p: Packet, countedBytes: Int? = nil) {
         let h = p.header
         guard let c = conns[Self.key(h.dstPort, h.srcCID, h.srcPort)] else {
             unmatched.append(p)
@@ -267,15 +316,17 @@ public final class VsockTestDriver {
         c.peerFwdCnt = h.fwdCnt
         switch Op(rawValue: h.op) {
         case .rw:
-            c.totalReceived += p.payload.count
-            if c.type == 2 {
+            let n = countedBytes ?? p.payload.count
+            c.totalReceived += n
+            if countedBytes != nil {
+            } else if c.type == 2 {
                 c.partial += p.payload
                 if h.flags & 1 != 0 { c.messages.append(c.partial); c.partial = [] }
             } else {
                 c.received += p.payload
             }
             if c.consuming {
-                c.fwdCnt &+= UInt32(p.payload.count)
+                c.fwdCnt &+= UInt32(n)
                 // Like Linux: return credit once half the buffer was consumed since the last update.
                 if c.fwdCnt &- c.advertised >= bufAlloc / 2 { try? sendPacket(header(c, .creditUpdate)) }
             }

@@ -27,6 +27,10 @@ final class VsockEngine: FDWatcher {
     private var rxSegs = ChainSegments(capacity: 64)
     private var txSegs = ChainSegments(capacity: 64)
     private let iov = UnsafeMutablePointer<iovec>.allocate(capacity: 64)
+    static let batchChains = 32
+    private var batchHeads = [UInt16](repeating: 0, count: VsockEngine.batchChains)
+    private var batchHeaders = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: VsockEngine.batchChains)
+    private var batchRoom = [Int](repeating: 0, count: VsockEngine.batchChains)
     private let hdr = UnsafeMutableRawPointer.allocate(byteCount: VsockLayout.headerSize, alignment: 8)
 
     init(device: VsockDevice, poller: Poller, resetEventDue: Bool) {
@@ -459,6 +463,19 @@ final class VsockEngine: FDWatcher {
                 c.seqPendingOffset = 0
                 continue
             }
+            if c.type == .stream && !hasEarly {
+                switch pumpStreamBatch(c, rx, credit: credit) {
+                case .progress: continue
+                case .wouldBlock: return
+                case .noBuffers:
+                    c.pausedForRx = true
+                    stalled.append(c)
+                    updateWatch(c)
+                    return
+                case .eof: return hostClosed(c)
+                case .failed: return
+                }
+            }
             guard let head = (try? rx.vq.popHead()) ?? nil else {
                 c.pausedForRx = true
                 stalled.append(c)
@@ -509,6 +526,59 @@ final class VsockEngine: FDWatcher {
             rx.complete(head: head, length: UInt32(VsockLayout.headerSize + n))
             rx.stats.add(.readBytes, UInt64(n))
         }
+    }
+
+    enum PumpResult { case progress, wouldBlock, noBuffers, eof, failed }
+
+    /// Stream data: one readv fills several rx buffers at once (guests post small ones, 4 KiB for Linux),
+    /// each buffer's header written after; buffers the read did not reach go back on the ring.
+    private func pumpStreamBatch(_ c: VsockConnection, _ rx: QueueBinding, credit: UInt32) -> PumpResult {
+        var chains = 0, iovCount = 0, room = 0
+        let maxBytes = Int(min(credit, 1 << 20))
+        while chains < VsockEngine.batchChains && room < maxBytes && iovCount < 60 {
+            guard let head = (try? rx.vq.popHead()) ?? nil else { break }
+            do { try rx.vq.readChain(head: head, into: &rxSegs) } catch {
+                fail(error)
+                return .failed
+            }
+            let space = min(Int(rxSegs.writableBytes) - VsockLayout.headerSize, maxBytes - room)
+            // The header must sit in the first writable segment to be filled in after the read.
+            guard rxSegs.readableCount == 0, space > 0, rxSegs.iov[0].iov_len >= VsockLayout.headerSize,
+                  let k = rxSegs.slice(writable: true, offset: VsockLayout.headerSize, length: space,
+                                       into: iov + iovCount, outCapacity: 64 - iovCount) else {
+                rx.vq.unpop()
+                if chains == 0 { fail(VirtqueueError.tooManySegments); return .failed }
+                break
+            }
+            batchHeads[chains] = head
+            batchHeaders[chains] = rxSegs.iov[0].iov_base!
+            batchRoom[chains] = space
+            iovCount += k
+            room += space
+            chains += 1
+        }
+        guard chains > 0 else { return .noBuffers }
+        let r = Glibc.readv(c.fd, iov, Int32(iovCount))
+        if r <= 0 {
+            for _ in 0..<chains { rx.vq.unpop() }
+            if r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return .wouldBlock }
+            return r == 0 ? .eof : .eof
+        }
+        var left = r
+        var used = 0
+        while used < chains && left > 0 {
+            let n = min(left, batchRoom[used])
+            var h = header(for: c, op: .rw)
+            h.len = UInt32(n)
+            h.write(to: batchHeaders[used])
+            rx.complete(head: batchHeads[used], length: UInt32(VsockLayout.headerSize + n))
+            left -= n
+            used += 1
+        }
+        for _ in used..<chains { rx.vq.unpop() }
+        c.txCnt &+= UInt32(r)
+        rx.stats.add(.readBytes, UInt64(r))
+        return .progress
     }
 
     /// Host socket reached EOF: tell the guest this side sends no more (half-close, 5.10.6.5).
