@@ -36,35 +36,29 @@ public final class GuestMemory {
         return nil
     }
 
-    /// Copies bytes out of guest memory, crossing region boundaries; false if any byte is outside RAM.
-    public func read(gpa: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+    /// Visits the host pieces of [gpa, gpa+count) in order; false if any byte is outside RAM.
+    private func walk(gpa: UInt64, count: Int, _ body: (UnsafeMutableRawPointer, Int, Int) -> Void) -> Bool {
         var addr = gpa
         var done = 0
-        while done < buffer.count {
+        while done < count {
             guard let (p, avail) = lookup(gpa: addr) else { return false }
-            let n = Int(min(UInt64(buffer.count - done), avail))
-            buffer.baseAddress!.advanced(by: done).copyMemory(from: p, byteCount: n)
+            let n = Int(min(UInt64(count - done), avail))
+            body(p, done, n)
             done += n
             let (next, overflow) = addr.addingReportingOverflow(UInt64(n))
-            if overflow && done < buffer.count { return false }
+            if overflow && done < count { return false }
             addr = next
         }
         return true
     }
 
+    /// Copies bytes out of guest memory, crossing region boundaries; false if any byte is outside RAM.
+    public func read(gpa: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        walk(gpa: gpa, count: buffer.count) { p, off, n in buffer.baseAddress!.advanced(by: off).copyMemory(from: p, byteCount: n) }
+    }
+
     /// Copies bytes into guest memory, crossing region boundaries; false if any byte is outside RAM.
     public func write(gpa: UInt64, from buffer: UnsafeRawBufferPointer) -> Bool {
-        var addr = gpa
-        var done = 0
-        while done < buffer.count {
-            guard let (p, avail) = lookup(gpa: addr) else { return false }
-            let n = Int(min(UInt64(buffer.count - done), avail))
-            p.copyMemory(from: buffer.baseAddress!.advanced(by: done), byteCount: n)
-            done += n
-            let (next, overflow) = addr.addingReportingOverflow(UInt64(n))
-            if overflow && done < buffer.count { return false }
-            addr = next
-        }
-        return true
+        walk(gpa: gpa, count: buffer.count) { p, off, n in p.copyMemory(from: buffer.baseAddress!.advanced(by: off), byteCount: n) }
     }
 }

@@ -47,3 +47,19 @@ public final class Completion<T> {
         return v
     }
 }
+
+private final class ThreadBody {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+}
+
+/// Starts a pthread running body (control and poller threads; no Foundation needed).
+public func spawnThread(_ body: @escaping () -> Void) -> pthread_t {
+    var t = pthread_t()
+    let box = Unmanaged.passRetained(ThreadBody(body))
+    pthread_create(&t, nil, { arg in
+        Unmanaged<ThreadBody>.fromOpaque(arg!).takeRetainedValue().body()
+        return nil
+    }, box.toOpaque())
+    return t
+}

@@ -105,14 +105,7 @@ public final class Poller {
     }
 
     public func start() {
-        let box = Unmanaged.passRetained(self)
-        var t = pthread_t()
-        pthread_create(&t, nil, { arg in
-            let p = Unmanaged<Poller>.fromOpaque(arg!).takeRetainedValue()
-            p.run()
-            return nil
-        }, box.toOpaque())
-        thread = t
+        thread = spawnThread { [self] in run() }
     }
 
     public func stop() {
@@ -191,18 +184,8 @@ public final class Poller {
                 }
             }
             justWoke = false
-            let reaped = ioRing.reap { ud, res in
-                let s = Int(ud >> 32)
-                if s < slots.count, let slot = slots[s] { slot.handler.complete(tag: UInt32(truncatingIfNeeded: ud), result: res) }
-            }
-            if reaped > 0 { didWork = true }
-            if let aio {
-                let n = aio.reap { ud, res in
-                    let s = Int(ud >> 32)
-                    if s < slots.count, let slot = slots[s] { slot.handler.complete(tag: UInt32(truncatingIfNeeded: ud), result: res) }
-                }
-                if n > 0 { didWork = true }
-            }
+            if ioRing.reap(deliverCompletion) > 0 { didWork = true }
+            if let aio, aio.reap(deliverCompletion) > 0 { didWork = true }
             for s in active {
                 guard let slot = slots[s], !slot.broken, slot.stopping == nil else { continue }
                 do {
@@ -239,6 +222,13 @@ public final class Poller {
         }
         // Exit: nothing may be left running; drain what is in flight.
         for s in active { if let slot = slots[s] { removeFromEpoll(slot) } }
+    }
+
+    /// An I/O completion goes to the queue whose slot its user_data names.
+    @inline(__always)
+    private func deliverCompletion(_ ud: UInt64, _ res: Int32) {
+        let s = Int(ud >> 32)
+        if s < slots.count, let slot = slots[s] { slot.handler.complete(tag: UInt32(truncatingIfNeeded: ud), result: res) }
     }
 
     private func setNotifications(enabled: Bool) {

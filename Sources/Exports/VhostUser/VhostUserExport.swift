@@ -45,14 +45,7 @@ public final class VhostUserExport: Export {
     deinit { closeFD(listenFD) }
 
     public func start() {
-        let box = Unmanaged.passRetained(self)
-        var t = pthread_t()
-        pthread_create(&t, nil, { arg in
-            let e = Unmanaged<VhostUserExport>.fromOpaque(arg!).takeRetainedValue()
-            e.acceptLoop()
-            return nil
-        }, box.toOpaque())
-        thread = t
+        thread = spawnThread { [self] in acceptLoop() }
         logger.info("listening on \(socketPath) (\(device.deviceID), \(device.maxQueues) queues)")
     }
 
