@@ -42,6 +42,9 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
+VDEVD_KEYS = ""
+
+
 def start_backend(kind, work, images, queues, poll_us, engine):
     socks = [os.path.join(work, f"{kind}{i}.sock") for i in range(len(images))]
     log = os.path.join(work, f"{kind}.log")
@@ -50,7 +53,7 @@ def start_backend(kind, work, images, queues, poll_us, engine):
         if poll_us is not None:
             cmd += ["--poll-us", str(poll_us)]
         for i, (img, s) in enumerate(zip(images, socks)):
-            cmd += ["--export", f"vhost-user-blk,id=d{i},path={img},socket={s},num-queues={queues},engine={engine}"]
+            cmd += ["--export", f"vhost-user-blk,id=d{i},path={img},socket={s},num-queues={queues},engine={engine}{VDEVD_KEYS}"]
     else:
         cmd = ["taskset", "-c", "1", "qemu-storage-daemon"]
         for i, (img, s) in enumerate(zip(images, socks)):
@@ -73,8 +76,12 @@ def stop(proc):
 
 def bench(socks, rw, iodepth, queues, seconds, label):
     threads = 1 if len(socks) > 1 else queues
+    # Many exports share the one-export working set (64 MiB in all), so the comparison measures the
+    # daemon's per-queue cost, not the CPU caches' reach over 64 images.
+    size_mib = max(1, 64 // len(socks))
     cmd = ["taskset", "-c", "0", os.path.join(REL, "vdev-bench"), "--rw", rw, "--bs", "4k", "--iodepth", str(iodepth),
-           "--queues", str(queues), "--threads", str(threads), "--seconds", str(seconds), "--label", label]
+           "--queues", str(queues), "--threads", str(threads), "--seconds", str(seconds), "--label", label,
+           "--size-mib", str(size_mib)]
     for s in socks:
         cmd += ["--socket", s]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
@@ -145,9 +152,12 @@ def main():
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--poll-us", type=int, default=None, help="vdevd --poll-us (default: vdevd's default)")
     ap.add_argument("--engine", default="io_uring")
+    ap.add_argument("--vdevd-keys", default="", help="extra export keys for vdevd, e.g. ,inline-io=off")
     ap.add_argument("--markdown")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
+    global VDEVD_KEYS
+    VDEVD_KEYS = a.vdevd_keys
     if not a.no_build:
         subprocess.run(["swift", "build", "-c", "release", "--product", "vdevd"], cwd=REPO, check=True)
         subprocess.run(["swift", "build", "-c", "release", "--product", "vdev-bench"], cwd=REPO, check=True)

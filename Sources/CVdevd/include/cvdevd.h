@@ -79,6 +79,7 @@ int32_t vdv_unix_probe(const char *path);
 
 // ---- Files and devices ----
 int32_t vdv_open_flags(int32_t readonly, int32_t direct);
+extern const int32_t VDV_O_NOATIME;
 // Size in bytes of a regular file or block device; -errno on failure.
 int64_t vdv_file_size(int32_t fd, int32_t *is_block_device);
 int32_t vdv_memfd_create(const char *name);
