@@ -36,8 +36,8 @@ struct VdevdCommand: ParsableCommand {
     @Option(help: ArgumentHelp("CPUs to pin pollers to, in order (e.g. 2,3).", valueName: "list"))
     var cpus: String?
 
-    @Option(name: .customLong("poll-us"), help: "Microseconds a poller keeps spinning after its last work (0 = sleep at once).")
-    var pollMicroseconds: UInt64 = 0
+    @Option(name: .customLong("poll-us"), help: "Microseconds a poller keeps spinning after its last work before it sleeps (0 = sleep at once).")
+    var pollMicroseconds: UInt64 = 50
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
