@@ -15,6 +15,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/vfs.h>
@@ -455,4 +456,21 @@ int32_t vdv_accept_nb(int32_t listen_fd) {
     int fd;
     do { fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); } while (fd < 0 && errno == EINTR);
     return fd < 0 ? -errno : fd;
+}
+
+int32_t vdv_peer_hung_up(int32_t fd) {
+    struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+    if (poll(&p, 1, 0) <= 0) return 0;
+    return (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) ? 1 : 0;
+}
+
+int32_t vdv_seqpacket_max_message(int32_t fd, int32_t bytes) {
+    int want = bytes + 64;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof(want)) < 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof(want));
+    int have = 0;
+    socklen_t len = sizeof(have);
+    if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &have, &len) < 0) return 0;
+    // The kernel keeps a message's overhead inside sk_sndbuf (af_unix: len must be <= sk_sndbuf - 32).
+    return have > 32 ? have - 32 : 0;
 }

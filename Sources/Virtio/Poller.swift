@@ -25,7 +25,10 @@ public final class Poller {
         var handler: QueueHandler
         var stopping: Completion<UInt16>?
         var broken = false
+        /// Memory tables replaced while requests were in flight: their mappings stay until those complete.
+        var retired: [GuestMemory] = []
     }
+    private var slotsWithRetiredMemory = 0
     private var slots: [Slot?] = []
     private var active: [Int] = []
     /// Queues assigned to this poller, for balancing (read under the commands lock by the control side).
@@ -145,7 +148,8 @@ public final class Poller {
         return r
     }
 
-    /// Hands a new memory table to running queues; returns once none of them uses the old one.
+    /// Hands a new memory table to running queues; returns once they use it. Mappings of the old table
+    /// that in-flight requests still point into are kept until those requests complete.
     public func updateMemory(slots ids: [UInt16], memory: GuestMemory) {
         let done = Completion<Void>()
         send(.updateMemory(ids, memory, done))
@@ -200,6 +204,7 @@ public final class Poller {
             aio?.submit()
             for s in active { slots[s]?.binding.flush() }
             finishStopping()
+            if slotsWithRetiredMemory > 0 { releaseRetiredMemory() }
             if didWork {
                 lastWork = monotonicMicros()
                 if sleeping { setNotifications(enabled: false); sleeping = false }
@@ -280,6 +285,10 @@ public final class Poller {
             case .updateMemory(let ids, let memory, let done):
                 for id in ids where Int(id) < slots.count {
                     guard let slot = slots[Int(id)] else { continue }
+                    if slot.handler.inflight > 0 {
+                        if slots[Int(id)]!.retired.isEmpty { slotsWithRetiredMemory += 1 }
+                        slots[Int(id)]!.retired.append(slot.binding.vq.memory)
+                    }
                     do { try slot.binding.vq.remap(memory: memory) } catch {
                         slots[Int(id)]!.broken = true
                         slot.binding.onError(error)
@@ -296,6 +305,15 @@ public final class Poller {
         return true
     }
 
+    /// Old memory tables go once the requests that pointed into them have completed.
+    private func releaseRetiredMemory() {
+        for s in active {
+            guard let slot = slots[s], !slot.retired.isEmpty, slot.handler.inflight == 0 else { continue }
+            slots[s]!.retired.removeAll()
+            slotsWithRetiredMemory -= 1
+        }
+    }
+
     /// Queues asked to stop leave once their in-flight requests have completed and been published.
     private func finishStopping() {
         var i = 0
@@ -304,6 +322,7 @@ public final class Poller {
             if let slot = slots[s], let done = slot.stopping, slot.handler.inflight == 0 {
                 slot.binding.flush()
                 removeFromEpoll(slot)
+                if !slot.retired.isEmpty { slotsWithRetiredMemory -= 1 }
                 slots[s] = nil
                 active.remove(at: i)
                 slot.handler.detached()

@@ -49,6 +49,11 @@ final class VsockConnection: FDWatcher {
     var hostShutWrDone = false
     var pausedForRx = false
     var pausedForCredit = false
+    /// The guest's rx buffers split the header over descriptors: use the one-buffer path.
+    var splitHeaders = false
+    /// Our buf_alloc for this connection: tx-buffer-size, or less for SEQPACKET when the host socket cannot
+    /// take a message that large (the guest then refuses bigger messages with EMSGSIZE).
+    var bufAlloc: UInt32 = 0
 
     init(key: VsockConnKey, type: VsockType, fd: Int32, state: State) {
         self.key = key

@@ -55,7 +55,8 @@ final class VsockEngine: FDWatcher {
         case VsockLayout.txQueue: tx = binding
         default: event = binding
         }
-        if listenerToken == nil {
+        // Host connections are taken once the guest can answer them (rx and tx both running).
+        if listenerToken == nil && rx != nil && tx != nil {
             listenerToken = try? poller.watch(fd: device.listenFD, events: UInt32(VDV_EPOLLIN), self)
         }
     }
@@ -154,12 +155,12 @@ final class VsockEngine: FDWatcher {
         guard h.srcCID == guestCID, UInt64(h.len) <= payload, let type = VsockType(rawValue: h.type),
               let op = VsockOp(rawValue: h.op), op != .invalid else {
             stats.add(.errors)
-            if h.srcCID == guestCID && h.op != VsockOp.rst.rawValue { queueReset(for: h) }
+            if h.srcCID == guestCID && h.op != VsockOp.rst.rawValue { refuse(h) }
             return
         }
         if type == .seqpacket && device.ackedFeatures & VsockFeature.seqpacket == 0 {
             stats.add(.errors)
-            if op != .rst { queueReset(for: h) }
+            if op != .rst { refuse(h) }
             return
         }
         if h.dstCID != VsockLayout.hostCID {
@@ -180,17 +181,17 @@ final class VsockEngine: FDWatcher {
         }
         switch op {
         case .request:
-            if conn != nil { queueReset(for: h); return }
+            if conn != nil { refuse(h); return }
             connectToHost(h, type: type)
         case .response:
-            guard let conn, conn.state == .connecting else { queueReset(for: h); return }
+            guard let conn, conn.state == .connecting else { refuse(h); return }
             conn.state = .established
             let ok = Array("OK \(conn.key.peerPort)\n".utf8)
             _ = ok.withUnsafeBytes { Glibc.write(conn.fd, $0.baseAddress, $0.count) }
             updateWatch(conn)
             pumpHostToGuest(conn)
         case .rw:
-            guard let conn, conn.state == .established, !conn.guestShutSend else { queueReset(for: h); return }
+            guard let conn, conn.state == .established, !conn.guestShutSend else { refuse(h); return }
             guestData(conn, h)
         case .creditUpdate:
             guard conn != nil else { queueReset(for: h); return }
@@ -236,9 +237,14 @@ final class VsockEngine: FDWatcher {
 
     private func register(_ c: VsockConnection) -> Bool {
         c.engine = self
+        c.bufAlloc = bufAlloc
+        if c.type == .seqpacket {
+            // A message the host socket cannot send whole must be refused by the guest (EMSGSIZE), not reset.
+            c.bufAlloc = min(bufAlloc, UInt32(max(0, vdv_seqpacket_max_message(c.fd, Int32(clamping: bufAlloc)))))
+        }
         do {
             c.watched = c.state == .connecting ? 0 : UInt32(VDV_EPOLLIN | VDV_EPOLLRDHUP)
-            c.token = try poller.watch(fd: c.fd, events: c.watched, c)
+            if c.watched != 0 { c.token = try poller.watch(fd: c.fd, events: c.watched, c) }
         } catch {
             closeFD(c.fd)
             return false
@@ -254,7 +260,7 @@ final class VsockEngine: FDWatcher {
         tx!.stats.add(.writtenBytes, UInt64(len))
         if c.type == .seqpacket {
             guard c.seqIn.count + len <= VsockOptions.maxSeqpacketMessage,
-                  c.unsentBytes + c.seqIn.count + len <= Int(bufAlloc) else { return violation(c, "seqpacket over credit") }
+                  c.unsentBytes + c.seqIn.count + len <= Int(c.bufAlloc) else { return violation(c, "seqpacket over credit") }
             appendPayload(&c.seqIn, len)
             if h.flags & VsockLayout.seqEOM != 0 {
                 c.seqOut.append(c.seqIn)
@@ -264,7 +270,7 @@ final class VsockEngine: FDWatcher {
             return
         }
         guard len > 0 else { return }
-        guard c.unsentBytes + len <= Int(bufAlloc) else { return violation(c, "guest sent past its credit") }
+        guard c.unsentBytes + len <= Int(c.bufAlloc) else { return violation(c, "guest sent past its credit") }
         var written = 0
         if c.unsentBytes == 0, let n = txSegs.slice(writable: false, offset: VsockLayout.headerSize, length: len, into: iov, outCapacity: 64) {
             let r = Glibc.writev(c.fd, iov, Int32(n))
@@ -331,7 +337,7 @@ final class VsockEngine: FDWatcher {
 
     /// Tell the guest about freed buffer space before it runs out of credit (5.10.6.3).
     private func maybeCreditUpdate(_ c: VsockConnection) {
-        if c.fwdCnt &- c.advertisedFwdCnt >= max(1, bufAlloc / 4) { queueControl(c, .creditUpdate) }
+        if c.fwdCnt &- c.advertisedFwdCnt >= max(1, c.bufAlloc / 4) { queueControl(c, .creditUpdate) }
     }
 
     private func finishShutdowns(_ c: VsockConnection) {
@@ -362,7 +368,7 @@ final class VsockEngine: FDWatcher {
     func close(_ c: VsockConnection) {
         guard connections[c.key] === c else { return }
         connections[c.key] = nil
-        poller.unwatch(fd: c.fd, token: c.token)
+        if c.token != 0 { poller.unwatch(fd: c.fd, token: c.token) }
         closeFD(c.fd)
         c.engine = nil
     }
@@ -427,12 +433,13 @@ final class VsockEngine: FDWatcher {
         let conn = VsockConnection(key: key, type: .stream, fd: c.fd, state: .connecting)
         conn.early = early
         conn.engine = self
-        conn.token = c.token
+        conn.bufAlloc = bufAlloc
         conn.watched = 0
+        conn.token = 0
         c.engine = nil
         connections[key] = conn
+        // Nothing is read from the host until the guest accepts: out of epoll meanwhile.
         poller.unwatch(fd: c.fd, token: c.token)
-        conn.token = (try? poller.watch(fd: conn.fd, events: 0, conn)) ?? 0
         queueControl(conn, .request)
     }
 
@@ -455,7 +462,15 @@ final class VsockEngine: FDWatcher {
                 var probe: UInt8 = 0
                 let size = recv(c.fd, &probe, 0, Int32(MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT))
                 if size < 0 { if errno == EAGAIN || errno == EWOULDBLOCK { return }; return hostGone(c) }
-                if size == 0 { return hostClosed(c) }
+                if size == 0 {
+                    // An empty message and EOF both peek as 0 bytes; only EOF comes with a hang-up.
+                    if vdv_peer_hung_up(c.fd) != 0 { return hostClosed(c) }
+                    _ = recv(c.fd, &probe, 0, Int32(MSG_DONTWAIT))
+                    var h = header(for: c, op: .rw)
+                    h.flags = VsockLayout.seqEOM | VsockLayout.seqEOR
+                    enqueue(h, [])
+                    continue
+                }
                 guard size <= VsockOptions.maxSeqpacketMessage else { return hostGone(c) }
                 c.seqPending = [UInt8](repeating: 0, count: size)
                 let r = c.seqPending.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, size, Int32(MSG_DONTWAIT)) }
@@ -463,7 +478,7 @@ final class VsockEngine: FDWatcher {
                 c.seqPendingOffset = 0
                 continue
             }
-            if c.type == .stream && !hasEarly {
+            if c.type == .stream && !hasEarly && !c.splitHeaders {
                 switch pumpStreamBatch(c, rx, credit: credit) {
                 case .progress: continue
                 case .wouldBlock: return
@@ -473,6 +488,8 @@ final class VsockEngine: FDWatcher {
                     updateWatch(c)
                     return
                 case .eof: return hostClosed(c)
+                case .hostError: return hostGone(c)
+                case .splitHeader: c.splitHeaders = true
                 case .failed: return
                 }
             }
@@ -515,7 +532,7 @@ final class VsockEngine: FDWatcher {
                 }
                 if r <= 0 {
                     rx.vq.unpop()
-                    return hostClosed(c)
+                    return r == 0 ? hostClosed(c) : hostGone(c)
                 }
                 n = r
             }
@@ -528,7 +545,7 @@ final class VsockEngine: FDWatcher {
         }
     }
 
-    enum PumpResult { case progress, wouldBlock, noBuffers, eof, failed }
+    enum PumpResult { case progress, wouldBlock, noBuffers, eof, hostError, splitHeader, failed }
 
     /// Stream data: one readv fills several rx buffers at once (guests post small ones, 4 KiB for Linux),
     /// each buffer's header written after; buffers the read did not reach go back on the ring.
@@ -546,8 +563,9 @@ final class VsockEngine: FDWatcher {
             guard rxSegs.readableCount == 0, space > 0, rxSegs.iov[0].iov_len >= VsockLayout.headerSize,
                   let k = rxSegs.slice(writable: true, offset: VsockLayout.headerSize, length: space,
                                        into: iov + iovCount, outCapacity: 64 - iovCount) else {
+                // Another buffer layout (virtio 2.6.4: any split is allowed): the one-buffer path copes.
                 rx.vq.unpop()
-                if chains == 0 { fail(VirtqueueError.tooManySegments); return .failed }
+                if chains == 0 { return .splitHeader }
                 break
             }
             batchHeads[chains] = head
@@ -562,7 +580,7 @@ final class VsockEngine: FDWatcher {
         if r <= 0 {
             for _ in 0..<chains { rx.vq.unpop() }
             if r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return .wouldBlock }
-            return r == 0 ? .eof : .eof
+            return r == 0 ? .eof : .hostError
         }
         var left = r
         var used = 0
@@ -591,6 +609,7 @@ final class VsockEngine: FDWatcher {
     }
 
     /// epoll interest follows state: EPOLLIN only while we can forward, EPOLLOUT only while data waits.
+    /// With no interest left the fd leaves epoll: a hung-up peer would otherwise report EPOLLHUP forever.
     func updateWatch(_ c: VsockConnection) {
         guard connections[c.key] === c else { return }
         var ev: UInt32 = 0
@@ -599,8 +618,14 @@ final class VsockEngine: FDWatcher {
             ev |= UInt32(VDV_EPOLLIN | VDV_EPOLLRDHUP)
         }
         if c.unsentBytes > 0 { ev |= UInt32(VDV_EPOLLOUT) }
-        if ev != c.watched {
-            c.watched = ev
+        guard ev != c.watched || (ev != 0 && c.token == 0) else { return }
+        c.watched = ev
+        if ev == 0 {
+            if c.token != 0 { poller.unwatch(fd: c.fd, token: c.token) }
+            c.token = 0
+        } else if c.token == 0 {
+            c.token = (try? poller.watch(fd: c.fd, events: ev, c)) ?? 0
+        } else {
             poller.rewatch(fd: c.fd, events: ev, token: c.token)
         }
     }
@@ -615,7 +640,7 @@ final class VsockEngine: FDWatcher {
         h.dstPort = c.key.guestPort
         h.type = c.type.rawValue
         h.op = op.rawValue
-        h.bufAlloc = bufAlloc
+        h.bufAlloc = c.bufAlloc
         h.fwdCnt = c.fwdCnt
         c.advertisedFwdCnt = c.fwdCnt
         return h
@@ -625,6 +650,15 @@ final class VsockEngine: FDWatcher {
         var h = header(for: c, op: op)
         if op == .request { h.len = 0 }
         enqueue(h, [])
+    }
+
+    /// A packet that breaks the connection's rules: RST, and the connection (if any) is gone on both sides.
+    private func refuse(_ h: VsockHeader) {
+        if h.dstCID == VsockLayout.hostCID,
+           let c = connections[VsockConnKey(guestPort: h.srcPort, peerCID: VsockLayout.hostCID, peerPort: h.dstPort)] {
+            close(c)
+        }
+        queueReset(for: h)
     }
 
     /// RST in answer to a packet with no connection behind it.

@@ -24,7 +24,11 @@ public final class VsockRegistry {
     }
 
     public func remove(_ d: VsockDevice) {
-        lock.withLock { members.removeAll { $0.device === d } }
+        lock.withLock {
+            members.removeAll { $0.device === d }
+            // A group with no members left forgets its poller.
+            for g in d.options.groups where !members.contains(where: { $0.groups.contains(g) }) { groupPoller[g] = nil }
+        }
     }
 
     /// A device in a group shared with `from` whose guest has this CID.

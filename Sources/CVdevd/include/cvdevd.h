@@ -72,6 +72,11 @@ int32_t vdv_unix_connect(const char *path, int32_t type);
 // Non-blocking Unix connect (SOCK_STREAM or SOCK_SEQPACKET) and accept; fd or -errno.
 int32_t vdv_unix_connect_nb(const char *path, int32_t type);
 int32_t vdv_accept_nb(int32_t listen_fd);
+// 1 if the peer of a connected socket has shut down or closed (POLLHUP/POLLRDHUP), else 0.
+int32_t vdv_peer_hung_up(int32_t fd);
+// Raises SO_SNDBUF to at least `bytes` (SO_SNDBUFFORCE when allowed); returns the largest datagram/SEQPACKET
+// message the socket can now send.
+int32_t vdv_seqpacket_max_message(int32_t fd, int32_t bytes);
 // accept4 with close-on-exec; fd or -errno.
 int32_t vdv_accept(int32_t listen_fd);
 // Returns 1 if a listener answers at path, 0 if nobody does (stale), -errno otherwise.
