@@ -6,7 +6,7 @@ vdev-bench using identical parameters, and prints a table with the ratios.
   bench/blk_compare.py --case randread-qd32  one case
   bench/blk_compare.py --markdown FILE       also write the table (with the command) to FILE
 
-Images live in /dev/shm. Backends are pinned to CPU 1 and vdev-bench to CPU 0 (taskset), so each
+Images live in /dev/shm (or --dir). Backends are pinned to CPU 1 and vdev-bench to CPU 0 (taskset), so each
 side gets one core of the two. Build first: swift build -c release (the script does it).
 """
 import argparse, json, os, shutil, signal, subprocess, sys, tempfile, time
@@ -43,6 +43,7 @@ def cpu_ticks(pid):
 
 
 VDEVD_KEYS = ""
+IMAGE_DIR = "/dev/shm"
 
 
 def start_backend(kind, work, images, queues, poll_us, engine):
@@ -92,7 +93,7 @@ def bench(socks, rw, iodepth, queues, seconds, label):
 
 def run_case(name, seconds, poll_us, engine):
     rw, iodepth, queues, exports = CASES[name]
-    work = tempfile.mkdtemp(prefix="vdevd-bench-", dir="/dev/shm")
+    work = tempfile.mkdtemp(prefix="vdevd-bench-", dir=IMAGE_DIR)
     try:
         images = []
         for i in range(exports):
@@ -153,11 +154,15 @@ def main():
     ap.add_argument("--poll-us", type=int, default=None, help="vdevd --poll-us (default: vdevd's default)")
     ap.add_argument("--engine", default="io_uring")
     ap.add_argument("--vdevd-keys", default="", help="extra export keys for vdevd, e.g. ,inline-io=off")
+    ap.add_argument("--dir", default="/dev/shm", help="where the images live (default /dev/shm; a disk file system "
+                    "shows io_uring against the page cache)")
     ap.add_argument("--markdown")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
     global VDEVD_KEYS
     VDEVD_KEYS = a.vdevd_keys
+    global IMAGE_DIR
+    IMAGE_DIR = a.dir
     if not a.no_build:
         subprocess.run(["swift", "build", "-c", "release", "--product", "vdevd"], cwd=REPO, check=True)
         subprocess.run(["swift", "build", "-c", "release", "--product", "vdev-bench"], cwd=REPO, check=True)

@@ -81,11 +81,15 @@ struct BlkBench: ParsableCommand {
         let pthreads = groups.map { group in
             spawn {
                 for w in group { w.start() }
+                // Unretained references: the loop below must not pay for reference counting per poll.
+                let refs = group.map { Unmanaged.passUnretained($0) }
                 var live = group.count
                 var done = [Bool](repeating: false, count: group.count)
-                while live > 0 {
-                    for k in 0..<group.count where !done[k] {
-                        if !group[k].step(deadline: deadline) { done[k] = true; live -= 1 }
+                withExtendedLifetime(group) {
+                    while live > 0 {
+                        for k in 0..<refs.count where !done[k] {
+                            if !refs[k]._withUnsafeGuaranteedRef({ $0.step(deadline: deadline) }) { done[k] = true; live -= 1 }
+                        }
                     }
                 }
             }
