@@ -52,7 +52,9 @@ source "$REPO/scripts/guest-image.sh" || die "guest image build failed"
 
 # Work dir: visible to the guest over 9p, so not under /tmp.
 mkdir -p "$REPO/.cache"
-WORK=$(mktemp -d "$REPO/.cache/e2e-blk-XXXXXX")
+# shellcheck source=../../scripts/e2e-workdir.sh
+source "$REPO/scripts/e2e-workdir.sh"
+WORK=$(e2e_workdir blk)
 BPID=
 cleanup() {
     if [ -n "$BPID" ] && kill -0 "$BPID" 2>/dev/null; then

@@ -25,7 +25,9 @@ command -v socat >/dev/null || die "socat missing (scripts/install-deps.sh)"
 source "$REPO/scripts/guest-image.sh" || die "guest image build failed"
 
 mkdir -p "$REPO/.cache"
-WORK=$(mktemp -d "$REPO/.cache/e2e-vsock-XXXXXX")
+# shellcheck source=../../scripts/e2e-workdir.sh
+source "$REPO/scripts/e2e-workdir.sh"
+WORK=$(e2e_workdir vsock)
 BPID= HPIDS=()
 cleanup() {
     for p in "${HPIDS[@]}"; do kill "$p" 2>/dev/null; done
