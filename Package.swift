@@ -42,7 +42,11 @@ let package = Package(
             path: "Sources/DeviceDaemon"
         ),
         // A vhost-user frontend (QEMU's part) over a real socket with memfd guest memory.
-        .target(name: "VhostUserTestSupport", dependencies: ["CVdevd"], path: "Sources/VhostUserTestSupport"),
+        .target(
+            name: "VhostUserTestSupport",
+            dependencies: ["CVdevd", .product(name: "Logging", package: "swift-log")],
+            path: "Sources/VhostUserTestSupport"
+        ),
         // Load generator for any vhost-user-blk socket (vdevd, qemu-storage-daemon).
         .executableTarget(
             name: "VdevBench",

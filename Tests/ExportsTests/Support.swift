@@ -10,46 +10,6 @@ import VhostUserTestSupport
 import Virtio
 import XCTest
 
-// MARK: - log capture
-
-/// Collects every log line an export writes, so tests can assert on what was logged.
-final class LogStore: @unchecked Sendable {
-    private let lock = NSLock()
-    private var lines: [String] = []
-
-    func append(_ s: String) {
-        lock.lock()
-        lines.append(s)
-        lock.unlock()
-    }
-
-    var all: [String] {
-        lock.lock()
-        defer { lock.unlock() }
-        return lines
-    }
-
-    func contains(_ s: String) -> Bool { all.contains { $0.contains(s) } }
-}
-
-struct CaptureLogHandler: LogHandler {
-    let store: LogStore
-    var logLevel: Logger.Level = .debug
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        var md = metadata
-        if let m = event.metadata { md.merge(m) { $1 } }
-        let tags = md.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        store.append("\(event.level) [\(tags)] \(event.message)")
-    }
-}
-
 // MARK: - image files
 
 /// Deterministic image content: every byte depends on its offset, every sector differs from its neighbours.

@@ -10,45 +10,6 @@ import Virtio
 import Vsock
 import XCTest
 
-// MARK: - log capture (same approach as the blk export tests; not imported from that target)
-
-final class VsockLogStore: @unchecked Sendable {
-    private let lock = NSLock()
-    private var lines: [String] = []
-
-    func append(_ s: String) {
-        lock.lock()
-        lines.append(s)
-        lock.unlock()
-    }
-
-    var all: [String] {
-        lock.lock()
-        defer { lock.unlock() }
-        return lines
-    }
-
-    func contains(_ s: String) -> Bool { all.contains { $0.contains(s) } }
-}
-
-struct VsockCaptureLogHandler: LogHandler {
-    let store: VsockLogStore
-    var logLevel: Logger.Level = .debug
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        var md = metadata
-        if let m = event.metadata { md.merge(m) { $1 } }
-        let tags = md.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        store.append("\(event.level) [\(tags)] \(event.message)")
-    }
-}
-
 // MARK: - wire constants, written here from virtio 1.3 5.10 / <linux/virtio_vsock.h> (not from vdevd)
 
 enum Op {
@@ -312,7 +273,7 @@ class VsockTestCase: XCTestCase {
     var exports: [Export] = []
     var drivers: [VsockTestDriver] = []
     var fdsToClose: [Int32] = []
-    let logs = VsockLogStore()
+    let logs = LogStore()
 
     override func setUpWithError() throws {
         try super.setUpWithError()
@@ -343,7 +304,7 @@ class VsockTestCase: XCTestCase {
 
     var logger: Logger {
         let store = logs
-        return Logger(label: "vdevd-vsock-test") { _ in VsockCaptureLogHandler(store: store) }
+        return Logger(label: "vdevd-vsock-test") { _ in CaptureLogHandler(store: store) }
     }
 
     func pollerGroup(count: Int = 1) throws -> PollerGroup {
