@@ -10,6 +10,9 @@ scripts/install-deps.sh
 swift build
 swift test --disable-swift-testing 2>&1 | tee .build/swift-test.log
 UNIT=$(grep -Eo 'Executed [0-9]+ tests' .build/swift-test.log | tail -1 | grep -Eo '[0-9]+')
+echo "== fuzz: descriptor chains from hostile guest memory (libFuzzer + AddressSanitizer)"
+scripts/fuzz.sh 30000 2>&1 | tail -2
+UNIT=$((UNIT + 1))
 if [ "${1:-}" = "--no-e2e" ]; then echo "test.sh: $UNIT passed, 0 failed"; exit 0; fi
 
 scripts/guest-image.sh >/dev/null
