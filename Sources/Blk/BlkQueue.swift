@@ -4,6 +4,13 @@ import Glibc
 import CVdevd
 import Virtio
 
+/// One validated DISCARD or WRITE_ZEROES range, in bytes.
+struct BlkRange {
+    var offset: UInt64
+    var length: UInt64
+    var unmap: Bool
+}
+
 /// One request in flight; slots are preallocated per queue so the data path allocates nothing.
 struct BlkRequestSlot {
     var head: UInt16 = 0
@@ -38,6 +45,8 @@ final class BlkQueue: QueueHandler {
     static let batch = 64
     static let segmentCapacity = Int(BlkOptions.segMax) + 2 + 8
     private let header = UnsafeMutableRawPointer.allocate(byteCount: BlkLayout.headerSize, alignment: 8)
+    /// DISCARD / WRITE_ZEROES ranges of the request being started, copied out of guest memory once.
+    private let ranges = UnsafeMutablePointer<BlkRange>.allocate(capacity: Int(BlkOptions.maxDiscardSegments))
 
     init(device: BlkDevice, context: QueueContext, io: BlockIO) {
         self.device = device
@@ -68,6 +77,7 @@ final class BlkQueue: QueueHandler {
         slots.deinitialize(count: slotCount)
         slots.deallocate()
         header.deallocate()
+        ranges.deallocate()
     }
 
     func process() throws -> Bool {
@@ -175,7 +185,8 @@ final class BlkQueue: QueueHandler {
         guard payload % UInt64(BlkLayout.discardSegmentSize) == 0, count >= 1,
               count <= UInt64(BlkOptions.maxDiscardSegments) else { return finish(tag: tag, .ioerr) }
         let lbs = UInt64(device.options.logicalBlockSize) / BlkLayout.sectorSize
-        // Validate every range before submitting any, so a bad one changes nothing.
+        // Read every range out of guest memory once, validate the copies, and submit only from them:
+        // the guest may rewrite its buffers meanwhile. A bad range fails the request before any is submitted.
         for i in 0..<Int(count) {
             guard segs.copyReadable(offset: BlkLayout.headerSize + i * BlkLayout.discardSegmentSize, into: header,
                                     length: BlkLayout.discardSegmentSize) else { return finish(tag: tag, .ioerr) }
@@ -188,31 +199,24 @@ final class BlkQueue: QueueHandler {
             }
             guard num <= UInt64(BlkOptions.maxDiscardSectors), sector % lbs == 0, num % lbs == 0,
                   inRange(sector, num * BlkLayout.sectorSize) else { return finish(tag: tag, .ioerr) }
+            ranges[i] = BlkRange(offset: sector * BlkLayout.sectorSize, length: num * BlkLayout.sectorSize,
+                                 unmap: type == .discard || flags & BlkLayout.discardUnmapFlag != 0)
         }
         s.pointee.expected = 0
         for i in 0..<Int(count) {
-            _ = segs.copyReadable(offset: BlkLayout.headerSize + i * BlkLayout.discardSegmentSize, into: header,
-                                  length: BlkLayout.discardSegmentSize)
-            let sector = UInt64(littleEndian: header.loadUnaligned(as: UInt64.self))
-            let num = UInt64(UInt32(littleEndian: header.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
-            let flags = UInt32(littleEndian: header.loadUnaligned(fromByteOffset: 12, as: UInt32.self))
-            guard num > 0 else { continue }
-            let mode = (type == .discard || flags & BlkLayout.discardUnmapFlag != 0) ? VDV_FALLOC_PUNCH_HOLE
-                                                                                     : VDV_FALLOC_ZERO_RANGE
+            let r = ranges[i]
+            guard r.length > 0 else { continue }
+            let mode = r.unmap ? VDV_FALLOC_PUNCH_HOLE : VDV_FALLOC_ZERO_RANGE
             s.pointee.pending += 1
-            if mode == VDV_FALLOC_ZERO_RANGE && !device.zeroRangeSupported {
+            if !r.unmap && !device.zeroRangeSupported {
                 // Only memory file systems land here: zeros are written inline, at memory speed.
-                if device.writeZeros(offset: sector * BlkLayout.sectorSize, length: num * BlkLayout.sectorSize) < 0 {
-                    s.pointee.failed = true
-                }
+                if device.writeZeros(offset: r.offset, length: r.length) < 0 { s.pointee.failed = true }
                 s.pointee.pending -= 1
             } else if inline {
-                let r = vdv_fallocate(fd, mode, sector * BlkLayout.sectorSize, num * BlkLayout.sectorSize)
-                if r < 0 { s.pointee.failed = true }
+                if vdv_fallocate(fd, mode, r.offset, r.length) < 0 { s.pointee.failed = true }
                 s.pointee.pending -= 1
             } else {
-                _ = ring.fallocate(fd: fd, mode: mode, offset: sector * BlkLayout.sectorSize,
-                                   length: num * BlkLayout.sectorSize, userData: ud)
+                _ = ring.fallocate(fd: fd, mode: mode, offset: r.offset, length: r.length, userData: ud)
             }
         }
         if s.pointee.pending == 0 { finish(tag: tag, s.pointee.failed ? .ioerr : .ok) }

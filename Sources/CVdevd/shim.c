@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -379,9 +380,12 @@ int32_t vdv_aio_submit(vdv_aio *a) {
     uint32_t done = 0;
     while (done < a->npending) {
         int rc = io_submit(a->ctx, (long)(a->npending - done), a->pending + done);
-        if (rc == -EINTR || rc == -EAGAIN) continue;
+        if (rc == -EINTR) continue;
+        if (rc == -EAGAIN) break;  /* out of kernel AIO resources: keep the rest for the next pass */
         if (rc <= 0) {
-            // The first remaining iocb was refused (e.g. EINVAL for fdsync on a file system without it): fail it.
+            /* The first remaining iocb was refused (e.g. EINVAL for fdsync on a file system without it): fail
+               it through reap. Failures wait in a depth-sized array; when it is full the rest waits too. */
+            if (a->nfailed == a->depth) break;
             struct iocb *cb = a->pending[done];
             a->failed_ud[a->nfailed] = (uint64_t)(uintptr_t)cb->data;
             a->failed_res[a->nfailed] = rc < 0 ? rc : -EIO;
@@ -394,9 +398,12 @@ int32_t vdv_aio_submit(vdv_aio *a) {
         }
         done += (uint32_t)rc;
     }
-    a->npending = 0;
+    memmove(a->pending, a->pending + done, (a->npending - done) * sizeof(*a->pending));
+    a->npending -= done;
     return (int32_t)done;
 }
+
+uint32_t vdv_aio_pending(vdv_aio *a) { return a->npending; }
 
 uint32_t vdv_aio_reap(vdv_aio *a, uint64_t *user_data, int32_t *res, uint32_t max) {
     uint32_t n = 0;
@@ -473,4 +480,13 @@ int32_t vdv_seqpacket_max_message(int32_t fd, int32_t bytes) {
     if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &have, &len) < 0) return 0;
     // The kernel keeps a message's overhead inside sk_sndbuf (af_unix: len must be <= sk_sndbuf - 32).
     return have > 32 ? have - 32 : 0;
+}
+
+int32_t vdv_is_eventfd(int32_t fd) {
+    char path[64], target[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, target, sizeof(target) - 1);
+    if (n < 0) return 0;
+    target[n] = 0;
+    return strcmp(target, "anon_inode:[eventfd]") == 0;
 }

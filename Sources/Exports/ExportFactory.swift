@@ -30,7 +30,12 @@ public enum ExportFactory {
             guard fd >= 0 else { throw ExportError.socket(o.udsPath, SystemError("bind/listen", errno: -fd).description) }
             let device = VsockDevice(options: o, listenFD: fd)
             // Siblings share a poller so relaying between them stays on one thread.
-            let poller = spec.poller ?? VsockRegistry.shared.poller(forGroups: o.groups) ?? pollers.pick().id
+            let groupPoller = VsockRegistry.shared.poller(forGroups: o.groups)
+            if let p = spec.poller, let g = groupPoller, p != g {
+                unlink(o.udsPath)
+                throw ExportError.device(spec.id, "its group is served by poller \(g); poller=\(p) would split it")
+            }
+            let poller = spec.poller ?? groupPoller ?? pollers.pick().id
             let export: VhostUserExport
             do {
                 export = try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, socketMode: spec.socketMode,

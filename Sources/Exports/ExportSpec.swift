@@ -196,6 +196,7 @@ public struct ExportSpec: Equatable {
     /// Checks across exports: ids and socket paths are unique.
     public static func validate(_ specs: [ExportSpec]) throws {
         var ids = Set<String>(), sockets = Set<String>(), cids = Set<UInt64>()
+        var groupPoller: [String: (Int, String)] = [:]
         for s in specs {
             guard ids.insert(s.id).inserted else { throw ExportSpecError(export: s.id, key: "id", message: "used by two exports") }
             guard sockets.insert(s.socket).inserted else {
@@ -207,6 +208,16 @@ public struct ExportSpec: Equatable {
                 }
                 guard cids.insert(v.guestCID).inserted else {
                     throw ExportSpecError(export: s.id, key: "guest-cid", message: "CID \(v.guestCID) is used by two exports")
+                }
+                // Siblings relay on one thread: a group cannot be split across pollers.
+                if let p = s.poller {
+                    for g in v.groups {
+                        if let (q, other) = groupPoller[g], q != p {
+                            throw ExportSpecError(export: s.id, key: "poller",
+                                                  message: "group '\(g)' is on poller \(q) (export '\(other)'); its members share one poller")
+                        }
+                        groupPoller[g] = (p, s.id)
+                    }
                 }
             }
         }

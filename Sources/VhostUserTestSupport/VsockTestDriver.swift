@@ -152,6 +152,9 @@ public final class VsockTestDriver {
         kick(kicks[1])
     }
 
+    /// Notifies the device of tx buffers added by hand (hostile tests build their own chains on `txq`).
+    public func kickTx() { kick(kicks[1]) }
+
     private func reapTx() {
         while let u = txq.popUsed() {
             if let slot = txInUse.removeValue(forKey: u.head) { txFree.append(slot) }

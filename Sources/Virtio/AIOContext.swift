@@ -61,8 +61,8 @@ public final class AIOContext {
 
     public func submit() {
         guard queued > 0 else { return }
-        queued = 0
         _ = vdv_aio_submit(ctx)
+        queued = Int(vdv_aio_pending(ctx))
     }
 
     @inline(__always)

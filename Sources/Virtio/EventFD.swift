@@ -19,6 +19,16 @@ public final class EventFD {
         owned = true
     }
 
+    /// Adopts an fd a peer sent as a kick, call or err notifier: it must be an eventfd, and is made
+    /// non-blocking so neither a full counter nor a reader on the other side can stall a poller.
+    /// Returns nil (and leaves the fd to the caller) for anything else.
+    public init?(adoptingPeer fd: Int32) {
+        guard vdv_is_eventfd(fd) != 0 else { return nil }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        self.fd = fd
+        owned = true
+    }
+
     deinit { if owned { closeFD(fd) } }
 
     /// Adds one to the counter; never blocks for long (the counter saturating is not a failure that matters here).

@@ -24,6 +24,13 @@ public final class MemoryRegion {
               guestAddress.addingReportingOverflow(size).overflow == false,
               userAddress.addingReportingOverflow(size).overflow == false
         else { throw SystemError("mmap(region size)", errno: EINVAL) }
+        // The fd must really hold what is claimed: mapping past its end would SIGBUS the daemon on first touch.
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SystemError("fstat(region fd)", errno: Glibc.errno) }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw SystemError("region fd is not a memory file", errno: EINVAL) }
+        guard size + mmapOffset <= UInt64(st.st_size) else {
+            throw SystemError("region of \(size) bytes at offset \(mmapOffset) past the fd's \(st.st_size) bytes", errno: EINVAL)
+        }
         let length = Int(size + mmapOffset)
         // Map from offset 0 so a non-page-aligned mmap_offset still works (as libvhost-user does).
         let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0)

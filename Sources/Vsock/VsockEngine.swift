@@ -17,8 +17,11 @@ final class VsockEngine: FDWatcher {
     var attached = Set<Int>()
     var connections: [VsockConnKey: VsockConnection] = [:]
     /// Packets for the guest that wait for an rx buffer: control packets and data relayed from siblings.
-    var pending: [(VsockHeader, [UInt8])] = []
+    /// (header, payload, bytes of the payload already sent): a payload larger than an rx buffer goes in parts.
+    var pending: [(VsockHeader, [UInt8], Int)] = []
     var pendingStart = 0
+    /// Payload bytes waiting in `pending` (relayed sibling data), capped so a guest cannot grow it without bound.
+    var pendingBytes = 0
     var stalled: [VsockConnection] = []
     var listenerToken: UInt64?
     var resetEventDue: Bool
@@ -73,8 +76,10 @@ final class VsockEngine: FDWatcher {
         for c in Array(connections.values) { close(c) }
         if let t = listenerToken { poller.unwatch(fd: device.listenFD, token: t) }
         listenerToken = nil
+        listenerPaused = false
         pending.removeAll()
         pendingStart = 0
+        pendingBytes = 0
     }
 
     private func fail(_ e: Error) {
@@ -371,6 +376,7 @@ final class VsockEngine: FDWatcher {
         if c.token != 0 { poller.unwatch(fd: c.fd, token: c.token) }
         closeFD(c.fd)
         c.engine = nil
+        resumeListener()
     }
 
     // MARK: host side
@@ -379,8 +385,15 @@ final class VsockEngine: FDWatcher {
     func fdReady(events: UInt32) {
         while true {
             let fd = vdv_accept_nb(device.listenFD)
+            if fd == -EMFILE || fd == -ENFILE {
+                // Out of fds: stop listening until a connection closes, or the poller would spin on the listener.
+                device.log("out of file descriptors; not accepting host connections until one closes")
+                pauseListener()
+                return
+            }
             if fd < 0 { return }
-            guard connections.count < VsockOptions.maxConnections else {
+            let waiting = connections.keys.reduce(0) { $0 + ($1.peerCID == 0 ? 1 : 0) }
+            guard connections.count < VsockOptions.maxConnections, waiting < VsockOptions.maxAwaitingConnectLine else {
                 closeFD(fd)
                 continue
             }
@@ -389,6 +402,21 @@ final class VsockEngine: FDWatcher {
                                     type: .stream, fd: fd, state: .awaitingConnectLine)
             _ = register(c)
         }
+    }
+
+    private var listenerPaused = false
+
+    private func pauseListener() {
+        guard let t = listenerToken else { return }
+        poller.unwatch(fd: device.listenFD, token: t)
+        listenerToken = nil
+        listenerPaused = true
+    }
+
+    private func resumeListener() {
+        guard listenerPaused, rx != nil, tx != nil else { return }
+        listenerPaused = false
+        listenerToken = try? poller.watch(fd: device.listenFD, events: UInt32(VDV_EPOLLIN), self)
     }
 
     func connectionReady(_ c: VsockConnection, events: UInt32) {
@@ -673,13 +701,17 @@ final class VsockEngine: FDWatcher {
         enqueue(h, [])
     }
 
-    func enqueue(_ h: VsockHeader, _ payload: [UInt8]) {
-        guard pending.count - pendingStart < VsockOptions.maxPendingPackets else {
-            device.log("guest is not taking packets; \(VsockOptions.maxPendingPackets) waiting, dropping")
-            return
+    @discardableResult
+    func enqueue(_ h: VsockHeader, _ payload: [UInt8]) -> Bool {
+        guard pending.count - pendingStart < VsockOptions.maxPendingPackets,
+              pendingBytes + payload.count <= VsockOptions.maxPendingBytes else {
+            device.log("guest is not taking packets (\(pending.count - pendingStart) waiting); dropping")
+            return false
         }
-        pending.append((h, payload))
+        pending.append((h, payload, 0))
+        pendingBytes += payload.count
         _ = flushToGuest()
+        return true
     }
 
     /// Sends waiting packets into rx buffers; payloads larger than a buffer are split (EOM on the last part).
@@ -688,32 +720,38 @@ final class VsockEngine: FDWatcher {
         guard let rx else { return false }
         var did = false
         while pendingStart < pending.count {
-            var (h, payload) = pending[pendingStart]
+            let (h, payload, sent) = pending[pendingStart]
             guard let head = (try? rx.vq.popHead()) ?? nil else { break }
             do { try rx.vq.readChain(head: head, into: &rxSegs) } catch {
                 fail(error)
                 return did
             }
             let room = max(0, Int(rxSegs.writableBytes) - VsockLayout.headerSize)
-            let n = min(room, payload.count)
+            let n = min(room, payload.count - sent)
             var out = h
             out.len = UInt32(n)
-            if n < payload.count { out.flags &= ~(VsockLayout.seqEOM | VsockLayout.seqEOR) }
+            if sent + n < payload.count { out.flags &= ~(VsockLayout.seqEOM | VsockLayout.seqEOR) }
             out.write(to: hdr)
             let hn = rxSegs.copyToWritable(offset: 0, from: hdr, length: VsockLayout.headerSize)
-            if n > 0 { payload.withUnsafeBytes { _ = rxSegs.copyToWritable(offset: VsockLayout.headerSize, from: $0.baseAddress!, length: n) } }
+            if n > 0 {
+                payload.withUnsafeBytes { _ = rxSegs.copyToWritable(offset: VsockLayout.headerSize, from: $0.baseAddress! + sent, length: n) }
+            }
             rx.complete(head: head, length: UInt32(hn + n))
             did = true
-            if n < payload.count {
-                payload.removeFirst(n)
-                h.len = UInt32(payload.count)
-                pending[pendingStart] = (h, payload)
+            if sent + n < payload.count {
+                pending[pendingStart].2 = sent + n
             } else {
+                pendingBytes -= payload.count
+                pending[pendingStart] = (h, [], 0)
                 pendingStart += 1
             }
         }
+        // Sent entries are dropped once they are half of the array, so it never grows with what went out.
         if pendingStart == pending.count {
             pending.removeAll(keepingCapacity: true)
+            pendingStart = 0
+        } else if pendingStart > 64 && pendingStart * 2 > pending.count {
+            pending.removeFirst(pendingStart)
             pendingStart = 0
         }
         return did
@@ -727,9 +765,15 @@ final class VsockEngine: FDWatcher {
             if h.op != VsockOp.rst.rawValue { queueReset(for: h) }
             return
         }
+        // Linux never sends more than 64 KiB in one packet (VIRTIO_VSOCK_MAX_PKT_BUF_SIZE); neither may a relay.
+        guard h.len <= VsockOptions.maxRelayedPacket else {
+            tx?.stats.add(.errors)
+            if h.op != VsockOp.rst.rawValue { queueReset(for: h) }
+            return
+        }
         var payload = [UInt8](repeating: 0, count: Int(h.len))
         if h.len > 0 { payload.withUnsafeMutableBytes { _ = txSegs.copyReadable(offset: VsockLayout.headerSize, into: $0.baseAddress!, length: Int(h.len)) } }
         tx?.stats.add(.writtenBytes, UInt64(h.len))
-        sibling.enqueue(h, payload)
+        if !sibling.enqueue(h, payload) && h.op != VsockOp.rst.rawValue { queueReset(for: h) }
     }
 }

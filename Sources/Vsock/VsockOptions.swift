@@ -23,4 +23,9 @@ public struct VsockOptions: Equatable {
     public static let maxConnectLine = 64
     public static let maxPendingPackets = 4096
     public static let maxSeqpacketMessage = 1 << 20
+    public static let maxRelayedPacket: UInt32 = 64 * 1024
+    /// Relayed payload bytes waiting for one guest's rx buffers.
+    public static let maxPendingBytes = 16 << 20
+    /// Host connections that have not sent their CONNECT line yet.
+    public static let maxAwaitingConnectLine = 256
 }

@@ -111,3 +111,30 @@ final class VsockSiblingTests: VsockTestCase {
         XCTAssertEqual(s4.counter(.errors, 1), 1)
     }
 }
+
+/// A relayed packet larger than any Linux guest sends (64 KiB) is refused with RST, not copied.
+final class VsockRelayLimitTests: VsockTestCase {
+    func testRelayedPacketOver64KiBGetsReset() throws {
+        let g = uniqueGroup("big")
+        let s3 = try serve(id: "b3", cid: 3, options: "groups=\(g)")
+        let s4 = try serve(id: "b4", cid: 4, options: "groups=\(g)")
+        let d3 = try guest(s3)
+        let d4 = try guest(s4)
+        let acceptor = Background { try d3.accept(port: 701, timeout: 20) }
+        guard let c4 = try d4.connect(port: 701, cid: 3, localPort: 6666) else { return XCTFail("sibling connect reset") }
+        let c3 = try acceptor.wait()
+
+        // One RW packet of 64 KiB + 1 byte, in two buffers (the driver's own pool holds 64 KiB per packet).
+        var h = d4.header(c4, .rw)
+        h.len = 65537
+        let hg = d4.ram.allocate(44), p1 = d4.ram.allocate(65536), p2 = d4.ram.allocate(1)
+        d4.ram.write(hg, h.bytes)
+        d4.txq.add([.init(gpa: hg, length: 44, writable: false), .init(gpa: p1, length: 65536, writable: false),
+                    .init(gpa: p2, length: 1, writable: false)])
+        d4.kickTx()
+        XCTAssertTrue(d4.wait { c4.reset }, "the sender gets RST")
+        XCTAssertEqual(c3.totalReceived, 0, "nothing was relayed")
+        XCTAssertEqual(s4.counter(.errors, 1), 1)
+        _ = s3
+    }
+}

@@ -50,6 +50,8 @@ int32_t vdv_aio_prep_fdsync(vdv_aio *ctx, int32_t fd, uint64_t user_data);
 uint32_t vdv_aio_free_slots(vdv_aio *ctx);
 // io_submit of everything queued; returns the count or -errno. Ops the kernel refused complete with their error.
 int32_t vdv_aio_submit(vdv_aio *ctx);
+// Operations queued and not yet accepted by the kernel (they go with the next submit).
+uint32_t vdv_aio_pending(vdv_aio *ctx);
 uint32_t vdv_aio_reap(vdv_aio *ctx, uint64_t *user_data, int32_t *res, uint32_t max);
 
 // ---- epoll, with a 64-bit tag per fd (struct epoll_event is packed; Swift never sees it) ----
@@ -97,6 +99,8 @@ int32_t vdv_fd_on_memory_fs(int32_t fd);
 // fallocate(2); 0 or -errno.
 int32_t vdv_fallocate(int32_t fd, int32_t mode, uint64_t offset, uint64_t len);
 int32_t vdv_eventfd(uint32_t initval, int32_t nonblock);
+// 1 if fd is an eventfd (anon_inode:[eventfd]), else 0.
+int32_t vdv_is_eventfd(int32_t fd);
 extern const int32_t VDV_FALLOC_PUNCH_HOLE;   // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 extern const int32_t VDV_FALLOC_ZERO_RANGE;   // FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
 extern const uint32_t VDV_RWF_DSYNC;

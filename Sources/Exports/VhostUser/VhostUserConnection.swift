@@ -13,13 +13,17 @@ final class VhostUserConnection {
     init(fd: Int32, stopFD: Int32) {
         self.fd = fd
         self.stopFD = stopFD
+        // Non-blocking: every wait is a poll() that the stop fd can interrupt, for reads and for replies.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
     }
 
     deinit { closeFD(fd) }
 
     /// Waits until the socket is readable; false if the stop fd fired first.
-    private func waitReadable() -> Bool {
-        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+    private func waitReadable() -> Bool { wait(for: Int16(POLLIN)) }
+
+    private func wait(for events: Int16) -> Bool {
+        var fds = [pollfd(fd: fd, events: events, revents: 0), pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
         while true {
             let n = poll(&fds, 2, -1)
             if n < 0 && errno == EINTR { continue }
@@ -30,16 +34,19 @@ final class VhostUserConnection {
 
     /// Reads one message. Throws .disconnected on EOF or stop, .malformed on a framing error.
     func receive() throws -> VhostUserMessage {
-        guard waitReadable() else { throw VhostUserError.disconnected }
         var header = [UInt8](repeating: 0, count: VhostUserMessage.headerSize)
         var fds = [Int32](repeating: -1, count: VhostUserMessage.maxFDs)
         var nfds: UInt32 = 0
         var truncated: Int32 = 0
-        let n = header.withUnsafeMutableBytes { h in
-            fds.withUnsafeMutableBufferPointer { f in
-                vdv_recv_with_fds(fd, h.baseAddress, UInt64(h.count), f.baseAddress, UInt32(f.count), &nfds, &truncated)
+        var n: Int64
+        repeat {
+            guard waitReadable() else { throw VhostUserError.disconnected }
+            n = header.withUnsafeMutableBytes { h in
+                fds.withUnsafeMutableBufferPointer { f in
+                    vdv_recv_with_fds(fd, h.baseAddress, UInt64(h.count), f.baseAddress, UInt32(f.count), &nfds, &truncated)
+                }
             }
-        }
+        } while n == -Int64(EAGAIN)
         let received = Array(fds.prefix(Int(nfds)))
         func fail(_ e: VhostUserError) -> VhostUserError {
             for f in received { closeFD(f) }
@@ -72,7 +79,7 @@ final class VhostUserConnection {
         while off < buf.count {
             guard waitReadable() else { return false }
             let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + off, $0.count - off) }
-            if n < 0 && errno == EINTR { continue }
+            if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
             if n <= 0 { return false }
             off += n
         }
@@ -88,6 +95,11 @@ final class VhostUserConnection {
                 fds.withUnsafeMutableBufferPointer { f in
                     vdv_send_with_fds(fd, b.baseAddress! + off, UInt64(b.count - off), f.baseAddress, UInt32(f.count))
                 }
+            }
+            if n == -Int64(EAGAIN) {
+                // A frontend that does not read its replies blocks only this connection, and never a stop.
+                guard wait(for: Int16(POLLOUT)) else { throw VhostUserError.disconnected }
+                continue
             }
             if n <= 0 { throw VhostUserError.disconnected }
             off += Int(n)

@@ -91,11 +91,11 @@ final class VhostUserSession {
         }
     }
 
-    private func closeFDs(_ m: VhostUserMessage) { for f in m.fds { closeFD(f) } }
+    /// fds of the message being handled that a vring took over; every other fd is closed once, by handle().
+    private var adoptedFDs: [Int32] = []
 
     private func expectPayload(_ m: VhostUserMessage, _ size: Int) throws {
         guard m.payload.count >= size else {
-            closeFDs(m)
             throw VhostUserError.malformed("\(m.request) payload \(m.payload.count) bytes, expected \(size)")
         }
     }
@@ -103,7 +103,6 @@ final class VhostUserSession {
     private func vringIndex(_ m: VhostUserMessage, _ raw: UInt32) throws -> Int {
         let i = Int(raw)
         guard i < vrings.count else {
-            closeFDs(m)
             throw VhostUserError.rejected("vring index \(i) out of range (device has \(vrings.count))")
         }
         return i
@@ -112,18 +111,18 @@ final class VhostUserSession {
     func handle(_ m: VhostUserMessage) throws {
         logger.trace("\(m.request) size=\(m.payload.count) fds=\(m.fds.count)")
         let r = PayloadReader(m.payload)
-        // Only these messages carry fds; any other fd is closed at once.
-        switch m.request {
-        case .setMemTable, .addMemReg, .setVringKick, .setVringCall, .setVringErr, .setBackendReqFD,
-             .setLogFD, .setInflightFD, .remMemReg: break
-        default: closeFDs(m)
-        }
+        adoptedFDs.removeAll()
+        defer { for f in m.fds where !adoptedFDs.contains(f) { closeFD(f) } }
         switch m.request {
         case .getFeatures:
             try connection.replyU64(to: m.request, device.offeredFeatures | vhostUserFProtocolFeatures)
         case .setFeatures:
             try expectPayload(m, 8)
             let f = try r.u64(0)
+            // Rings latch features (EVENT_IDX, INDIRECT) when they start; a change under them is refused.
+            guard !vrings.contains(where: { $0.running != nil }) else {
+                throw VhostUserError.rejected("SET_FEATURES while rings are running")
+            }
             let allowed = device.offeredFeatures | vhostUserFProtocolFeatures
             guard f & ~allowed == 0 else {
                 throw VhostUserError.rejected("features 0x\(String(f, radix: 16)) include bits not offered")
@@ -227,7 +226,6 @@ final class VhostUserSession {
         case .setVringEndian:
             throw VhostUserError.rejected("cross-endian rings are not supported")
         case .setBackendReqFD, .setLogFD, .setInflightFD:
-            closeFDs(m)
             throw VhostUserError.rejected("\(m.request) needs a protocol feature this backend does not offer")
         case .setLogBase, .getInflightFD, .iotlbMsg, .sendRARP, .netSetMTU, .vringKick:
             throw VhostUserError.malformed("\(m.request) needs a feature this backend does not offer")
@@ -252,7 +250,6 @@ final class VhostUserSession {
     }
 
     private func setMemTable(_ m: VhostUserMessage, _ r: PayloadReader) throws {
-        defer { closeFDs(m) }
         try expectPayload(m, 8)
         let n = Int(try r.u32(0))
         guard n <= Self.maxMemSlots, m.payload.count >= 8 + 32 * n, m.fds.count == n else {
@@ -264,7 +261,6 @@ final class VhostUserSession {
     }
 
     private func addMemoryRegion(_ m: VhostUserMessage, _ r: PayloadReader) throws {
-        defer { closeFDs(m) }
         try expectPayload(m, 40)
         guard m.fds.count == 1 else { throw VhostUserError.malformed("ADD_MEM_REG with \(m.fds.count) fds") }
         guard memory.regions.count < Self.maxMemSlots else { throw VhostUserError.rejected("all \(Self.maxMemSlots) memory slots used") }
@@ -276,7 +272,6 @@ final class VhostUserSession {
     }
 
     private func removeMemoryRegion(_ m: VhostUserMessage, _ r: PayloadReader) throws {
-        closeFDs(m)
         try expectPayload(m, 40)
         let gpa = try r.u64(8), size = try r.u64(16), uva = try r.u64(24)
         let kept = memory.regions.filter { !($0.guestAddress == gpa && $0.size == size && $0.userAddress == uva) }
@@ -308,10 +303,17 @@ final class VhostUserSession {
         // Bit 8 set: no fd (polling mode for kick, no interrupts for call).
         let noFD = v & 0x100 != 0
         guard noFD ? m.fds.isEmpty : m.fds.count == 1 else {
-            closeFDs(m)
             throw VhostUserError.malformed("\(m.request) for vring \(i) with \(m.fds.count) fds")
         }
-        let efd = noFD ? nil : EventFD(adopting: m.fds[0])
+        var efd: EventFD?
+        if !noFD {
+            // Only a non-blocking eventfd: a blocking fd or a pipe from the frontend could stall the poller.
+            guard let e = EventFD(adoptingPeer: m.fds[0]) else {
+                throw VhostUserError.rejected("\(m.request) for vring \(i): the fd is not an eventfd")
+            }
+            adoptedFDs.append(m.fds[0])
+            efd = e
+        }
         switch m.request {
         case .setVringKick:
             if vrings[i].running != nil { stopVring(i) }
