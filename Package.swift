@@ -50,7 +50,8 @@ let package = Package(
         // Load generator for any vhost-user-blk socket (vdevd, qemu-storage-daemon).
         .executableTarget(
             name: "VdevBench",
-            dependencies: ["VhostUserTestSupport", "CVdevd", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["VhostUserTestSupport", "Virtio", "CVdevd",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/VdevBench",
             // The load generator must never be the bottleneck: no dynamic exclusivity checks in its loop.
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]

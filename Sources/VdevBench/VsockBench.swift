@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import CVdevd
 import VhostUserTestSupport
+import Virtio
 
 /// vsock stream throughput through a vhost-user-vsock export: this process plays the guest (driver) and the
 /// host program, and measures a plain Unix-socket-to-Unix-socket copy the same way as the ceiling.
@@ -39,7 +40,7 @@ struct VsockBench: ParsableCommand {
         guard lfd >= 0 else { throw ValidationError("listen \(path): \(-lfd)") }
         defer { close(lfd); unlink(path) }
         let counter = ByteCounter()
-        let reader = spawn {
+        let reader = spawnThread {
             let c = vdv_accept(lfd)
             guard c >= 0 else { return }
             counter.readAll(c)
@@ -58,7 +59,7 @@ struct VsockBench: ParsableCommand {
     func hostToGuest(_ d: VsockTestDriver) throws -> Double {
         let gport = port + 1
         let stop = seconds
-        let writer = spawn {
+        let writer = spawnThread {
             let fd = vdv_unix_connect(udsPath, Int32(SOCK_STREAM.rawValue))
             guard fd >= 0 else { return }
             let line = Array("CONNECT \(gport)\n".utf8)
@@ -91,7 +92,7 @@ struct VsockBench: ParsableCommand {
         var sv: [Int32] = [0, 0]
         socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv)
         let counter = ByteCounter()
-        let reader = spawn { counter.readAll(sv[1]) }
+        let reader = spawnThread { counter.readAll(sv[1]) }
         let buf = UnsafeMutableRawPointer.allocate(byteCount: bs, alignment: 4096)
         memset(buf, 0x5a, bs)
         let t0 = monotonic()

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import VhostUserTestSupport
+import Virtio
 
 /// vdev-bench: drives any vhost-user-blk socket (vdevd, qemu-storage-daemon, SPDK) as a guest would.
 struct VdevBench: ParsableCommand {
@@ -79,7 +80,7 @@ struct BlkBench: ParsableCommand {
         let deadline = t0 + UInt64(seconds * 1e9)
         let groups = (0..<nthreads).map { t in stride(from: t, to: workers.count, by: nthreads).map { workers[$0] } }
         let pthreads = groups.map { group in
-            spawn {
+            spawnThread {
                 for w in group { w.start() }
                 // Unretained references: the loop below must not pay for reference counting per poll.
                 let refs = group.map { Unmanaged.passUnretained($0) }
@@ -135,21 +136,6 @@ func parseSize(_ s: String) -> Int? {
     if l.hasSuffix("k") { return Int(l.dropLast()).map { $0 * 1024 } }
     if l.hasSuffix("m") { return Int(l.dropLast()).map { $0 * 1048576 } }
     return Int(l)
-}
-
-final class ThreadBody {
-    let body: () -> Void
-    init(_ b: @escaping () -> Void) { body = b }
-}
-
-func spawn(_ body: @escaping () -> Void) -> pthread_t {
-    var t = pthread_t()
-    let box = Unmanaged.passRetained(ThreadBody(body))
-    pthread_create(&t, nil, { arg in
-        Unmanaged<ThreadBody>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, box.toOpaque())
-    return t
 }
 
 VdevBench.main()
