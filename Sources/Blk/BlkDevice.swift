@@ -24,6 +24,8 @@ public final class BlkDevice: VirtioDevice {
     /// hand every one to a worker thread (tmpfs reads cannot be issued non-blocking) and AIO copies inline anyway.
     public let servesInline: Bool
     public let zeroRangeSupported: Bool
+    /// Where zeros are written by hand (tmpfs), one request may not hold the poller for long: 8 MiB per range.
+    public var maxWriteZeroesSectors: UInt32 { zeroRangeSupported ? BlkOptions.maxDiscardSectors : 16384 }
     /// Zeros for WRITE_ZEROES where the file system cannot zero a range itself.
     static let zeros = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 4096).initializeMemory(as: UInt8.self, repeating: 0, count: 1 << 16)
 
@@ -114,7 +116,7 @@ public final class BlkDevice: VirtioDevice {
         put(BlkOptions.maxDiscardSectors, 36)
         put(BlkOptions.maxDiscardSegments, 40)
         put(lbsSectors, 44)                 // discard_sector_alignment
-        put(BlkOptions.maxDiscardSectors, 48)
+        put(maxWriteZeroesSectors, 48)
         put(BlkOptions.maxDiscardSegments, 52)
         c[56] = 1                           // write_zeroes_may_unmap
         return c

@@ -197,7 +197,8 @@ final class BlkQueue: QueueHandler {
             if flags & ~BlkLayout.discardUnmapFlag != 0 || (type == .discard && flags != 0) {
                 return finish(tag: tag, .unsupp)
             }
-            guard num <= UInt64(BlkOptions.maxDiscardSectors), sector % lbs == 0, num % lbs == 0,
+            let limit = type == .discard ? BlkOptions.maxDiscardSectors : device.maxWriteZeroesSectors
+            guard num <= UInt64(limit), sector % lbs == 0, num % lbs == 0,
                   inRange(sector, num * BlkLayout.sectorSize) else { return finish(tag: tag, .ioerr) }
             ranges[i] = BlkRange(offset: sector * BlkLayout.sectorSize, length: num * BlkLayout.sectorSize,
                                  unmap: type == .discard || flags & BlkLayout.discardUnmapFlag != 0)
