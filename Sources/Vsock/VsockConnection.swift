@@ -54,6 +54,8 @@ final class VsockConnection: FDWatcher {
     /// Our buf_alloc for this connection: tx-buffer-size, or less for SEQPACKET when the host socket cannot
     /// take a message that large (the guest then refuses bigger messages with EMSGSIZE).
     var bufAlloc: UInt32 = 0
+    /// When the host connection was accepted (CLOCK_MONOTONIC seconds), for the CONNECT line timeout.
+    var acceptedAt = 0.0
 
     init(key: VsockConnKey, type: VsockType, fd: Int32, state: State) {
         self.key = key

@@ -26,6 +26,8 @@ public struct VsockOptions: Equatable {
     public static let maxRelayedPacket: UInt32 = 64 * 1024
     /// Relayed payload bytes waiting for one guest's rx buffers.
     public static let maxPendingBytes = 16 << 20
-    /// Host connections that have not sent their CONNECT line yet.
-    public static let maxAwaitingConnectLine = 256
+    /// Host connections that have not sent their CONNECT line yet; when they fill up, those silent for
+    /// longer than `connectLineTimeout` seconds are closed to make room.
+    public static var maxAwaitingConnectLine = 256
+    public static var connectLineTimeout = 10.0
 }
