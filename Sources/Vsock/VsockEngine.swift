@@ -7,7 +7,8 @@ import Virtio
 /// The device's live state while its queues run: connections, host sockets, packets waiting for rx buffers.
 /// Everything here happens on the one poller that owns all three queues (no locks).
 final class VsockEngine: FDWatcher {
-    unowned let device: VsockDevice
+    // The device owns its engine and outlives it; unowned(unsafe) keeps reference counting off the packet path.
+    unowned(unsafe) let device: VsockDevice
     let poller: Poller
     let guestCID: UInt64
     let bufAlloc: UInt32
