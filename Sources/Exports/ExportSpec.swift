@@ -79,7 +79,7 @@ public struct ExportSpec: Equatable {
     static func split(_ s: String) -> [String] {
         var parts: [String] = []
         var cur = ""
-        var chars = Array(s)
+        let chars = Array(s)
         var i = 0
         while i < chars.count {
             if chars[i] == "," {
@@ -92,7 +92,6 @@ public struct ExportSpec: Equatable {
             i += 1
         }
         parts.append(cur)
-        chars.removeAll()
         return parts
     }
 

@@ -37,45 +37,38 @@ public struct ChainSegments {
         return true
     }
 
-    /// Copies `length` bytes starting `offset` bytes into the readable area; false if it is too short.
-    public func copyReadable(offset: Int, into dst: UnsafeMutableRawPointer, length: Int) -> Bool {
+    /// Visits [offset, offset+length) of the readable (or writable) area piece by piece: body gets the host
+    /// pointer, how far into the range it is, and how many bytes. Returns how many bytes the area held.
+    @inline(__always)
+    private func walk(writable: Bool, offset: Int, length: Int, _ body: (UnsafeMutableRawPointer, Int, Int) -> Void) -> Int {
         var skip = offset
         var done = 0
-        var i = 0
-        while i < readableCount && done < length {
+        var i = writable ? readableCount : 0
+        let end = writable ? count : readableCount
+        while i < end && done < length {
             let seg = iov[i]
             if skip >= seg.iov_len {
                 skip -= seg.iov_len
             } else {
                 let n = min(seg.iov_len - skip, length - done)
-                (dst + done).copyMemory(from: seg.iov_base! + skip, byteCount: n)
-                done += n
-                skip = 0
-            }
-            i += 1
-        }
-        return done == length
-    }
-
-    /// Copies bytes into the writable area starting `offset` bytes in; returns how many fit.
-    @discardableResult
-    public func copyToWritable(offset: Int, from src: UnsafeRawPointer, length: Int) -> Int {
-        var skip = offset
-        var done = 0
-        var i = readableCount
-        while i < count && done < length {
-            let seg = iov[i]
-            if skip >= seg.iov_len {
-                skip -= seg.iov_len
-            } else {
-                let n = min(seg.iov_len - skip, length - done)
-                (seg.iov_base! + skip).copyMemory(from: src + done, byteCount: n)
+                body(seg.iov_base! + skip, done, n)
                 done += n
                 skip = 0
             }
             i += 1
         }
         return done
+    }
+
+    /// Copies `length` bytes starting `offset` bytes into the readable area; false if it is too short.
+    public func copyReadable(offset: Int, into dst: UnsafeMutableRawPointer, length: Int) -> Bool {
+        walk(writable: false, offset: offset, length: length) { p, at, n in (dst + at).copyMemory(from: p, byteCount: n) } == length
+    }
+
+    /// Copies bytes into the writable area starting `offset` bytes in; returns how many fit.
+    @discardableResult
+    public func copyToWritable(offset: Int, from src: UnsafeRawPointer, length: Int) -> Int {
+        walk(writable: true, offset: offset, length: length) { p, at, n in p.copyMemory(from: src + at, byteCount: n) }
     }
 
     /// Host pointer of the last writable byte (a virtio-blk status byte lives there).

@@ -338,8 +338,9 @@ public final class Poller {
     }
 }
 
+/// CLOCK_MONOTONIC in microseconds.
 @inline(__always)
-func monotonicMicros() -> UInt64 {
+public func monotonicMicros() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000

@@ -36,7 +36,7 @@ public final class SplitVirtqueue {
             throw VirtqueueError.queueSizeInvalid(size)
         }
         self.index = index
-        self.size = UInt16(truncatingIfNeeded: size == 32768 ? 32768 : size)
+        self.size = UInt16(size)
         self.eventIdx = features & VirtioFeature.ringEventIdx != 0
         self.indirect = features & VirtioFeature.ringIndirectDesc != 0
         self.addresses = addresses

@@ -396,7 +396,7 @@ final class VsockEngine: FDWatcher {
             var waiting = connections.keys.reduce(0) { $0 + ($1.peerCID == 0 ? 1 : 0) }
             if waiting >= VsockOptions.maxAwaitingConnectLine {
                 // Full of silent host connections: those that never sent their line in time make room.
-                let now = monotonicSeconds()
+                let now = Double(monotonicMicros()) / 1e6
                 for c in Array(connections.values) where c.state == .awaitingConnectLine
                     && now - c.acceptedAt > VsockOptions.connectLineTimeout {
                     close(c)
@@ -410,7 +410,7 @@ final class VsockEngine: FDWatcher {
             // Keyed by fd until the guest port is known; peerCID 0 marks "not yet a connection".
             let c = VsockConnection(key: VsockConnKey(guestPort: UInt32(bitPattern: fd), peerCID: 0, peerPort: 0),
                                     type: .stream, fd: fd, state: .awaitingConnectLine)
-            c.acceptedAt = monotonicSeconds()
+            c.acceptedAt = Double(monotonicMicros()) / 1e6
             _ = register(c)
         }
     }
@@ -582,12 +582,6 @@ final class VsockEngine: FDWatcher {
             rx.complete(head: head, length: UInt32(VsockLayout.headerSize + n))
             rx.stats.add(.readBytes, UInt64(n))
         }
-    }
-
-    private func monotonicSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     enum PumpResult { case progress, wouldBlock, noBuffers, eof, hostError, splitHeader, failed }

@@ -28,7 +28,6 @@ final class VhostUserSession {
 
     private(set) var features: UInt64 = 0
     private(set) var protocolFeatures: UInt64 = 0
-    private var featuresSet = false
     private var memory = GuestMemory.empty
     private var vrings: [Vring]
     private var status: UInt8 = 0
@@ -128,7 +127,6 @@ final class VhostUserSession {
                 throw VhostUserError.rejected("features 0x\(String(f, radix: 16)) include bits not offered")
             }
             features = f
-            featuresSet = true
             device.featuresAcked(f & ~vhostUserFProtocolFeatures)
             logger.debug("features acked 0x\(String(f, radix: 16))")
         case .getProtocolFeatures:
@@ -375,7 +373,6 @@ final class VhostUserSession {
         for i in vrings.indices { stopVring(i) }
         vrings = Array(repeating: Vring(), count: device.maxQueues)
         features = 0
-        featuresSet = false
         status = 0
         device.reset()
     }
