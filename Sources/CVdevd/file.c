@@ -1,0 +1,69 @@
+// Image files and block devices: open flags, size, positional I/O, fallocate, file system kind.
+#define _GNU_SOURCE
+#include "cvdevd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <linux/magic.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+int32_t vdv_open_flags(int32_t readonly, int32_t direct) {
+    // O_NOATIME: a guest's reads should not turn into inode writes on the host.
+    int f = O_CLOEXEC | O_NOATIME | (readonly ? O_RDONLY : O_RDWR);
+    if (direct) f |= O_DIRECT;
+    return f;
+}
+
+int64_t vdv_file_size(int32_t fd, int32_t *is_block_device) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) return -errno;
+    if (S_ISBLK(st.st_mode)) {
+        uint64_t size = 0;
+        if (ioctl(fd, BLKGETSIZE64, &size) < 0) return -errno;
+        *is_block_device = 1;
+        return (int64_t)size;
+    }
+    *is_block_device = 0;
+    if (!S_ISREG(st.st_mode)) return -EINVAL;
+    return st.st_size;
+}
+
+const int32_t VDV_O_NOATIME = O_NOATIME;
+
+const int32_t VDV_FALLOC_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+
+const int32_t VDV_FALLOC_ZERO_RANGE = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+
+const uint32_t VDV_RWF_DSYNC = RWF_DSYNC;
+
+int32_t vdv_fallocate(int32_t fd, int32_t mode, uint64_t offset, uint64_t len) {
+    int rc;
+    do { rc = fallocate(fd, mode, (off_t)offset, (off_t)len); } while (rc < 0 && errno == EINTR);
+    return rc < 0 ? -errno : 0;
+}
+
+int64_t vdv_preadv(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset) {
+    ssize_t n;
+    do { n = preadv(fd, (const struct iovec *)iov, (int)iovcnt, (off_t)offset); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+int64_t vdv_pwritev(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset, uint32_t rw_flags) {
+    ssize_t n;
+    do { n = pwritev2(fd, (const struct iovec *)iov, (int)iovcnt, (off_t)offset, (int)rw_flags); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+int32_t vdv_fdatasync(int32_t fd) { return fdatasync(fd) < 0 ? -errno : 0; }
+
+int32_t vdv_fd_on_memory_fs(int32_t fd) {
+    struct statfs s;
+    if (fstatfs(fd, &s) < 0) return 0;
+    return s.f_type == TMPFS_MAGIC || s.f_type == RAMFS_MAGIC;
+}
