@@ -24,6 +24,13 @@ public final class BlkDevice: VirtioDevice {
     /// hand every one to a worker thread (tmpfs reads cannot be issued non-blocking) and AIO copies inline anyway.
     public let servesInline: Bool
     public let zeroRangeSupported: Bool
+    /// The guest's logical block size: the option, raised to what O_DIRECT on the backing needs.
+    public let logicalBlockSize: UInt32
+    /// O_DIRECT rules of the backing (STATX_DIOALIGN, or the logical block size): buffer address, offset/length.
+    public let dioMemoryAlignment: UInt32
+    public let dioOffsetAlignment: UInt32
+    /// Things the operator should know about how this export is served (logged once at start).
+    public private(set) var notes: [String] = []
     /// Where zeros are written by hand (tmpfs), one request may not hold the poller for long: 8 MiB per range.
     public var maxWriteZeroesSectors: UInt32 { zeroRangeSupported ? BlkOptions.maxDiscardSectors : 16384 }
     /// Zeros for WRITE_ZEROES where the file system cannot zero a range itself.
@@ -68,24 +75,40 @@ public final class BlkDevice: VirtioDevice {
         guard fd >= 0 else {
             throw BlkError("cannot open \(options.path): \(String(cString: strerror(errno)))")
         }
-        var isBlk: Int32 = 0
-        let size = vdv_file_size(fd, &isBlk)
-        guard size >= 0 else {
+        var notes: [String] = []
+        var info = vdv_backing_info()
+        let rc = vdv_backing_probe(fd, &info)
+        guard rc == 0 else {
             closeFD(fd)
-            throw BlkError("\(options.path) is not a regular file or block device (\(String(cString: strerror(Int32(-size)))))")
+            throw BlkError("\(options.path) is not a regular file or block device (\(String(cString: strerror(-rc))))")
         }
         self.fd = fd
-        self.sizeBytes = UInt64(size)
-        self.isBlockDevice = isBlk != 0
+        self.sizeBytes = UInt64(info.size)
+        self.isBlockDevice = info.is_block_device != 0
+        dioMemoryAlignment = max(1, info.dio_mem_align)
+        dioOffsetAlignment = max(1, info.dio_offset_align)
+        // With O_DIRECT every offset must be aligned as the backing says: the guest's block must be at least that.
+        var lbs = options.logicalBlockSize
+        if options.direct && dioOffsetAlignment > lbs {
+            guard dioOffsetAlignment <= 4096 else {
+                closeFD(fd)
+                throw BlkError("\(options.path) needs O_DIRECT I/O aligned to \(dioOffsetAlignment) bytes; the largest logical-block-size is 4096")
+            }
+            notes.append("logical-block-size raised from \(lbs) to \(dioOffsetAlignment): \(options.path) takes O_DIRECT I/O in \(dioOffsetAlignment)-byte blocks")
+            lbs = dioOffsetAlignment
+        }
+        logicalBlockSize = lbs
         // Whole logical blocks only: a tail shorter than a block is not addressable.
-        let lbs = UInt64(options.logicalBlockSize)
-        capacitySectors = (UInt64(size) / lbs * lbs) / BlkLayout.sectorSize
+        capacitySectors = (UInt64(info.size) / UInt64(lbs) * UInt64(lbs)) / BlkLayout.sectorSize
         writeback.pointee = options.writeCache ? 1 : 0
         idBytes = Array(options.id.utf8.prefix(BlkLayout.idBytes))
-        let onMemoryFS = vdv_fd_on_memory_fs(fd) != 0
+        // Inline only where nothing can wait for a device: a regular file on tmpfs, ramfs or hugetlbfs.
+        let onMemoryFS = info.on_memory_fs != 0
         servesInline = options.inlineIO && onMemoryFS
+        if servesInline { notes.append("\(options.path) is on a memory file system: requests are served inline on the poller") }
         // tmpfs has no FALLOC_FL_ZERO_RANGE: WRITE_ZEROES without unmap writes zeros there instead.
         zeroRangeSupported = !onMemoryFS
+        self.notes = notes
     }
 
     deinit {
@@ -101,12 +124,12 @@ public final class BlkDevice: VirtioDevice {
         func put<T: FixedWidthInteger>(_ v: T, _ off: Int) {
             withUnsafeBytes(of: v.littleEndian) { for (i, b) in $0.enumerated() { c[off + i] = b } }
         }
-        let lbsSectors = options.logicalBlockSize / 512
+        let lbsSectors = logicalBlockSize / 512
         put(capacitySectors, 0)
         put(BlkOptions.sizeMax, 8)
         put(BlkOptions.segMax, 12)
         // geometry (16..19) left zero
-        put(options.logicalBlockSize, 20)
+        put(logicalBlockSize, 20)
         put(UInt8(0), 24)                   // physical_block_exp
         put(UInt8(0), 25)                   // alignment_offset
         put(UInt16(1), 26)                  // min_io_size, in logical blocks

@@ -184,7 +184,7 @@ final class BlkQueue: QueueHandler {
         let count = payload / UInt64(BlkLayout.discardSegmentSize)
         guard payload % UInt64(BlkLayout.discardSegmentSize) == 0, count >= 1,
               count <= UInt64(BlkOptions.maxDiscardSegments) else { return finish(tag: tag, .ioerr) }
-        let lbs = UInt64(device.options.logicalBlockSize) / BlkLayout.sectorSize
+        let lbs = UInt64(device.logicalBlockSize) / BlkLayout.sectorSize
         // Read every range out of guest memory once, validate the copies, and submit only from them:
         // the guest may rewrite its buffers meanwhile. A bad range fails the request before any is submitted.
         for i in 0..<Int(count) {

@@ -7,11 +7,16 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/vfs.h>
 #include <unistd.h>
+
+#ifndef HUGETLBFS_MAGIC
+#define HUGETLBFS_MAGIC 0x958458f6
+#endif
 
 int32_t vdv_open_flags(int32_t readonly, int32_t direct) {
     // O_NOATIME: a guest's reads should not turn into inode writes on the host.
@@ -20,19 +25,6 @@ int32_t vdv_open_flags(int32_t readonly, int32_t direct) {
     return f;
 }
 
-int64_t vdv_file_size(int32_t fd, int32_t *is_block_device) {
-    struct stat st;
-    if (fstat(fd, &st) < 0) return -errno;
-    if (S_ISBLK(st.st_mode)) {
-        uint64_t size = 0;
-        if (ioctl(fd, BLKGETSIZE64, &size) < 0) return -errno;
-        *is_block_device = 1;
-        return (int64_t)size;
-    }
-    *is_block_device = 0;
-    if (!S_ISREG(st.st_mode)) return -EINVAL;
-    return st.st_size;
-}
 
 const int32_t VDV_O_NOATIME = O_NOATIME;
 
@@ -62,8 +54,36 @@ int64_t vdv_pwritev(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offse
 
 int32_t vdv_fdatasync(int32_t fd) { return fdatasync(fd) < 0 ? -errno : 0; }
 
-int32_t vdv_fd_on_memory_fs(int32_t fd) {
-    struct statfs s;
-    if (fstatfs(fd, &s) < 0) return 0;
-    return s.f_type == TMPFS_MAGIC || s.f_type == RAMFS_MAGIC;
+
+int32_t vdv_backing_probe(int32_t fd, vdv_backing_info *info) {
+    struct stat st;
+    memset(info, 0, sizeof(*info));
+    if (fstat(fd, &st) < 0) return -errno;
+    info->logical_block_size = 512;
+    if (S_ISBLK(st.st_mode)) {
+        uint64_t size = 0;
+        int lbs = 0;
+        if (ioctl(fd, BLKGETSIZE64, &size) < 0) return -errno;
+        if (ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs >= 512) info->logical_block_size = (uint32_t)lbs;
+        info->is_block_device = 1;
+        info->size = (int64_t)size;
+    } else if (S_ISREG(st.st_mode)) {
+        // The fd's own file system, never the device node's (a block device node lives on devtmpfs).
+        struct statfs fs;
+        if (fstatfs(fd, &fs) == 0)
+            info->on_memory_fs = fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC || fs.f_type == HUGETLBFS_MAGIC;
+        info->size = st.st_size;
+    } else {
+        return -EINVAL;
+    }
+    // O_DIRECT constraints as the kernel states them; older kernels say nothing: assume the logical block size.
+    info->dio_mem_align = info->logical_block_size;
+    info->dio_offset_align = info->logical_block_size;
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) &&
+        sx.stx_dio_offset_align != 0) {
+        info->dio_mem_align = sx.stx_dio_mem_align;
+        info->dio_offset_align = sx.stx_dio_offset_align;
+    }
+    return 0;
 }

@@ -16,11 +16,9 @@ public enum ExportFactory {
             do { device = try BlkDevice(options: spec.blk) } catch {
                 throw ExportError.device(spec.id, "\(error)")
             }
-            if device.servesInline {
-                var l = logger
-                l[metadataKey: "export"] = "\(spec.id)"
-                l.info("\(spec.blk.path) is on a memory file system: requests are served inline on the poller")
-            }
+            var l = logger
+            l[metadataKey: "export"] = "\(spec.id)"
+            for note in device.notes { l.info("\(note)") }
             return try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, socketMode: spec.socketMode,
                                        pollers: pollers, preferredPoller: spec.poller, logger: logger)
         case .vhostUserVsock:

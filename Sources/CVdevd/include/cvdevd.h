@@ -87,15 +87,23 @@ int32_t vdv_unix_probe(const char *path);
 // ---- Files and devices ----
 int32_t vdv_open_flags(int32_t readonly, int32_t direct);
 extern const int32_t VDV_O_NOATIME;
-// Size in bytes of a regular file or block device; -errno on failure.
-int64_t vdv_file_size(int32_t fd, int32_t *is_block_device);
+// What an opened image is: its size, whether it is a block device, whether it is a regular file on a memory
+// file system (tmpfs, ramfs, hugetlbfs), and its logical block size and O_DIRECT alignments.
+typedef struct {
+    int64_t size;
+    int32_t is_block_device;
+    int32_t on_memory_fs;
+    uint32_t logical_block_size;  // BLKSSZGET for a block device, else 512
+    uint32_t dio_mem_align;       // O_DIRECT buffer address alignment (STATX_DIOALIGN; else the logical block size)
+    uint32_t dio_offset_align;    // O_DIRECT offset and length alignment
+} vdv_backing_info;
+// 0, or -errno; -EINVAL when fd is neither a regular file nor a block device.
+int32_t vdv_backing_probe(int32_t fd, vdv_backing_info *info);
 int32_t vdv_memfd_create(const char *name);
 // preadv2/pwritev2 (bytes or -errno) and fdatasync (0 or -errno), for files that never block (tmpfs).
 int64_t vdv_preadv(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset);
 int64_t vdv_pwritev(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset, uint32_t rw_flags);
 int32_t vdv_fdatasync(int32_t fd);
-// 1 if fd's file system keeps everything in memory (tmpfs, ramfs): I/O there never waits for a device.
-int32_t vdv_fd_on_memory_fs(int32_t fd);
 // fallocate(2); 0 or -errno.
 int32_t vdv_fallocate(int32_t fd, int32_t mode, uint64_t offset, uint64_t len);
 int32_t vdv_eventfd(uint32_t initval, int32_t nonblock);
