@@ -231,7 +231,11 @@ final class BlkQueue: QueueHandler {
         return !o2 && end <= capacityBytes
     }
 
-    func hasPendingWork() -> Bool { ((try? vq.pendingCount()) ?? 0) > 0 }
+    /// Requests waiting that this queue can start now; with no free slot or no room at the engine they wait for
+    /// a completion, which wakes the poller anyway.
+    func hasPendingWork() -> Bool {
+        !freeList.isEmpty && ring.hasRoom(Int(BlkOptions.maxDiscardSegments)) && ((try? vq.pendingCount()) ?? 0) > 0
+    }
 
     func complete(tag: UInt32, result: Int32) {
         guard Int(tag) < slotCount else { return }

@@ -3,18 +3,73 @@
 #include "cvdevd.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 #include <liburing.h>
 
 struct vdv_uring { struct io_uring ring; };
 
-vdv_uring *vdv_uring_create(uint32_t entries, int32_t *err) {
+vdv_uring *vdv_uring_create(uint32_t entries, uint32_t cq_entries, int32_t *err) {
     vdv_uring *r = calloc(1, sizeof(*r));
     if (!r) { *err = -ENOMEM; return NULL; }
-    int rc = io_uring_queue_init(entries, &r->ring, 0);
+    // COOP_TASKRUN: completions do not interrupt the poller with an IPI; TASKRUN_FLAG tells it when to enter
+    // the kernel to collect them. Older kernels refuse the flags: fall back to a plain ring of the same size.
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+    p.cq_entries = cq_entries;
+    int rc = io_uring_queue_init_params(entries, &r->ring, &p);
+    if (rc == -EINVAL) {
+        memset(&p, 0, sizeof(p));
+        p.flags = IORING_SETUP_CQSIZE;
+        p.cq_entries = cq_entries;
+        rc = io_uring_queue_init_params(entries, &r->ring, &p);
+    }
     if (rc < 0) { free(r); *err = rc; return NULL; }
     *err = 0;
     return r;
+}
+
+uint32_t vdv_uring_cq_entries(vdv_uring *r) { return r->ring.cq.ring_entries; }
+
+int32_t vdv_uring_prep_poll_in(vdv_uring *r, int32_t fd, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_poll_add(sqe, fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int32_t vdv_uring_prep_cancel(vdv_uring *r, uint64_t target, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_cancel64(sqe, target, 0);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int32_t vdv_uring_submit_and_wait(vdv_uring *r, uint32_t wait_nr) {
+    int rc;
+    do { rc = io_uring_submit_and_wait(&r->ring, wait_nr); } while (rc == -EINTR);
+    return rc;
+}
+
+int32_t vdv_uring_limit_workers(vdv_uring *r, const int32_t *cpus, uint32_t ncpus, uint32_t max_bounded,
+                                uint32_t max_unbounded) {
+    int32_t result = 0;
+    if (ncpus > 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        for (uint32_t i = 0; i < ncpus; i++) if (cpus[i] >= 0 && cpus[i] < CPU_SETSIZE) CPU_SET(cpus[i], &set);
+        int rc = io_uring_register_iowq_aff(&r->ring, sizeof(set), &set);
+        if (rc < 0) result = rc;
+    }
+    unsigned int values[2] = { max_bounded, max_unbounded };
+    int rc = io_uring_register_iowq_max_workers(&r->ring, values);
+    if (rc < 0 && result == 0) result = rc;
+    return result;
 }
 
 void vdv_uring_destroy(vdv_uring *r) {
@@ -23,7 +78,6 @@ void vdv_uring_destroy(vdv_uring *r) {
     free(r);
 }
 
-int32_t vdv_uring_register_eventfd(vdv_uring *r, int32_t fd) { return io_uring_register_eventfd(&r->ring, fd); }
 
 int32_t vdv_uring_prep_rw(vdv_uring *r, int32_t op, int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset,
                           uint32_t rw_flags, uint64_t user_data) {
@@ -73,6 +127,10 @@ int32_t vdv_uring_submit(vdv_uring *r) {
 uint32_t vdv_uring_reap(vdv_uring *r, uint64_t *user_data, int32_t *res, uint32_t max) {
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;
+    // Completions waiting as task work (COOP_TASKRUN), or held back in the kernel because the completion
+    // queue overflowed: enter the kernel to have them posted.
+    unsigned flags = IO_URING_READ_ONCE(*r->ring.sq.kflags);
+    if (flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) (void)io_uring_get_events(&r->ring);
     io_uring_for_each_cqe(&r->ring, head, cqe) {
         if (n == max) break;
         user_data[n] = io_uring_cqe_get_data64(cqe);

@@ -11,6 +11,8 @@ public final class AIOContext {
     let reapData = UnsafeMutablePointer<UInt64>.allocate(capacity: 256)
     let reapRes = UnsafeMutablePointer<Int32>.allocate(capacity: 256)
     private var queued = 0
+    /// Operations queued or submitted whose completion has not been reaped.
+    public private(set) var inFlight = 0
     private var inline: [(UInt64, Int32)] = []
 
     public init(depth: UInt32 = 1024) throws {
@@ -50,12 +52,16 @@ public final class AIOContext {
 
     public func fallocate(fd: Int32, mode: Int32, offset: UInt64, length: UInt64, userData: UInt64) -> Bool {
         inline.append((userData, vdv_fallocate(fd, mode, offset, length)))
+        inFlight += 1
         eventFD.signal()
         return true
     }
 
     @inline(__always) private func note(_ rc: Int32) -> Bool {
-        if rc == 0 { queued += 1 }
+        if rc == 0 {
+            queued += 1
+            inFlight += 1
+        }
         return rc == 0
     }
 
@@ -69,59 +75,16 @@ public final class AIOContext {
     public func reap(_ body: (UInt64, Int32) -> Void) -> Int {
         var total = 0
         while let (ud, res) = inline.popLast() {
+            inFlight -= 1
             body(ud, res)
             total += 1
         }
         while true {
             let n = Int(vdv_aio_reap(ctx, reapData, reapRes, 256))
+            inFlight -= n
             for i in 0..<n { body(reapData[i], reapRes[i]) }
             total += n
             if n < 256 { return total }
-        }
-    }
-}
-
-/// The I/O engine a blk queue submits to: its poller's io_uring, or its poller's AIO context.
-/// An enum, not a protocol: the data path switches on it instead of calling through an existential.
-public enum BlockIO {
-    case uring(IORing)
-    case aio(AIOContext)
-
-    @inline(__always) public func hasRoom(_ n: Int) -> Bool {
-        switch self {
-        case .uring(let r): return r.hasRoom(n)
-        case .aio(let a): return a.hasRoom(n)
-        }
-    }
-
-    @inline(__always)
-    public func readv(fd: Int32, iov: UnsafeRawPointer, count: Int, offset: UInt64, userData: UInt64) -> Bool {
-        switch self {
-        case .uring(let r): return r.readv(fd: fd, iov: iov, count: count, offset: offset, userData: userData)
-        case .aio(let a): return a.readv(fd: fd, iov: iov, count: count, offset: offset, userData: userData)
-        }
-    }
-
-    @inline(__always)
-    public func writev(fd: Int32, iov: UnsafeRawPointer, count: Int, offset: UInt64, flags: UInt32, userData: UInt64) -> Bool {
-        switch self {
-        case .uring(let r): return r.writev(fd: fd, iov: iov, count: count, offset: offset, flags: flags, userData: userData)
-        case .aio(let a): return a.writev(fd: fd, iov: iov, count: count, offset: offset, flags: flags, userData: userData)
-        }
-    }
-
-    @inline(__always) public func fsync(fd: Int32, dataOnly: Bool, userData: UInt64) -> Bool {
-        switch self {
-        case .uring(let r): return r.fsync(fd: fd, dataOnly: dataOnly, userData: userData)
-        case .aio(let a): return a.fsync(fd: fd, userData: userData)
-        }
-    }
-
-    @inline(__always)
-    public func fallocate(fd: Int32, mode: Int32, offset: UInt64, length: UInt64, userData: UInt64) -> Bool {
-        switch self {
-        case .uring(let r): return r.fallocate(fd: fd, mode: mode, offset: offset, length: length, userData: userData)
-        case .aio(let a): return a.fallocate(fd: fd, mode: mode, offset: offset, length: length, userData: userData)
         }
     }
 }

@@ -1,23 +1,35 @@
 import CVdevd
 
-/// One io_uring, owned by one poller and shared by every blk queue on it. Completions wake the poller
-/// through a registered eventfd. user_data carries (poller queue slot << 32 | request tag).
+/// One io_uring, owned by one poller and shared by every blk queue on it. user_data carries
+/// (poller queue slot << 32 | request tag). The poller also sleeps in this ring: a one-shot poll on its epoll
+/// fd wakes it for kicks and control commands, so completions need no eventfd and cost no wake-up while the
+/// poller is awake.
 public final class IORing {
     public let ring: OpaquePointer
-    public let eventFD: EventFD
     public let entries: UInt32
+    /// Completion queue size; requests in flight never exceed it, so the completion queue cannot overflow.
+    public let cqEntries: Int
     private(set) var queued = 0
+    /// Operations submitted or prepared whose completion has not been reaped (each yields exactly one CQE).
+    private(set) var inFlight = 0
     static let reapBatch = 256
     let reapData = UnsafeMutablePointer<UInt64>.allocate(capacity: IORing.reapBatch)
     let reapRes = UnsafeMutablePointer<Int32>.allocate(capacity: IORing.reapBatch)
+    /// user_data of the poll on the poller's epoll fd, and of cancel requests (whose results nobody needs).
+    static let tagWake: UInt64 = UInt64.max
+    static let tagCancel: UInt64 = UInt64.max - 1
+    private var wakeArmed = false
+    /// Set when the epoll poll completed: the poller has events to collect from its epoll.
+    var wakeFired = false
 
-    public init(entries: UInt32 = 1024) throws {
+    public init(entries: UInt32 = 1024, cqEntries: UInt32 = 4096) throws {
         var err: Int32 = 0
-        guard let r = vdv_uring_create(entries, &err) else { throw SystemError("io_uring_queue_init", errno: -err) }
+        guard let r = vdv_uring_create(entries, cqEntries, &err) else {
+            throw SystemError("io_uring_queue_init", errno: -err)
+        }
         ring = r
         self.entries = entries
-        eventFD = try EventFD()
-        _ = try checkNegErrno("io_uring_register_eventfd", vdv_uring_register_eventfd(r, eventFD.fd))
+        self.cqEntries = Int(vdv_uring_cq_entries(r))
     }
 
     deinit {
@@ -30,8 +42,13 @@ public final class IORing {
         UInt64(slot) << 32 | UInt64(tag)
     }
 
-    /// Room for `n` more SQEs before a submit is needed.
+    /// Block I/O operations in flight (the epoll poll not counted).
+    public var ioInFlight: Int { inFlight - (wakeArmed ? 1 : 0) }
+
+    /// Room for `n` more operations: in the submission queue (submitting if needed) and in the completion
+    /// queue (two places stay reserved: the epoll poll and one cancel).
     @inline(__always) public func hasRoom(_ n: Int) -> Bool {
+        guard inFlight + n + 2 <= cqEntries else { return false }
         if Int(vdv_uring_sq_space_left(ring)) >= n { return true }
         submit()
         return Int(vdv_uring_sq_space_left(ring)) >= n
@@ -58,8 +75,18 @@ public final class IORing {
         note(vdv_uring_prep_fallocate(ring, fd, mode, offset, length, userData))
     }
 
+    /// Asks the kernel to cancel the operation with this user_data; its own completion says how it ended.
+    public func cancel(userData: UInt64) -> Bool {
+        guard inFlight + 1 <= cqEntries else { return false }
+        if vdv_uring_sq_space_left(ring) == 0 { submit() }
+        return note(vdv_uring_prep_cancel(ring, userData, IORing.tagCancel))
+    }
+
     @inline(__always) private func note(_ rc: Int32) -> Bool {
-        if rc == 0 { queued += 1 }
+        if rc == 0 {
+            queued += 1
+            inFlight += 1
+        }
         return rc == 0
     }
 
@@ -70,15 +97,43 @@ public final class IORing {
         if rc >= 0 { queued = 0 }
     }
 
-    /// Calls body for each completion; returns how many there were.
+    /// Sleeps until a completion arrives or `epollFD` has events (kicks, commands, host sockets).
+    func wait(epollFD: Int32) {
+        if !wakeArmed, vdv_uring_prep_poll_in(ring, epollFD, IORing.tagWake) == 0 {
+            wakeArmed = true
+            inFlight += 1
+        }
+        if vdv_uring_submit_and_wait(ring, 1) >= 0 { queued = 0 }
+    }
+
+    /// Calls body for each completion of a block operation; returns how many there were.
     @inline(__always)
     public func reap(_ body: (UInt64, Int32) -> Void) -> Int {
         var total = 0
         while true {
             let n = Int(vdv_uring_reap(ring, reapData, reapRes, UInt32(IORing.reapBatch)))
-            for i in 0..<n { body(reapData[i], reapRes[i]) }
-            total += n
+            inFlight -= n
+            for i in 0..<n {
+                let ud = reapData[i]
+                if ud >= IORing.tagCancel {
+                    if ud == IORing.tagWake {
+                        wakeArmed = false
+                        wakeFired = true
+                    }
+                    continue
+                }
+                body(ud, reapRes[i])
+                total += 1
+            }
             if n < IORing.reapBatch { return total }
+        }
+    }
+
+    /// Puts the ring's io-wq workers (punted buffered writes, devices without NOWAIT) on `cpus` and caps them.
+    /// Returns 0 or -errno (an old kernel, or CPUs outside the cpuset).
+    public func limitWorkers(cpus: [Int32], maxBounded: UInt32, maxUnbounded: UInt32) -> Int32 {
+        cpus.withUnsafeBufferPointer {
+            vdv_uring_limit_workers(ring, $0.baseAddress, UInt32($0.count), maxBounded, maxUnbounded)
         }
     }
 }

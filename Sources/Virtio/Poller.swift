@@ -17,6 +17,10 @@ public final class Poller {
     private let control: EventFD
     private let commandsLock = Lock()
     private var commands: [Command] = []
+    /// Commands taken out of `commands`, run on the poller; swapped with it so a pass allocates nothing.
+    private var takenCommands: [Command] = []
+    /// 1 while commands wait: set under the lock, read without it on every pass (no lock when there is nothing).
+    private let commandsPending = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
     private var thread: pthread_t?
     private var running = true
 
@@ -29,8 +33,17 @@ public final class Poller {
         var retired: [GuestMemory] = []
     }
     private var slotsWithRetiredMemory = 0
+    private var stoppingCount = 0
     private var slots: [Slot?] = []
-    private var active: [Int] = []
+    /// The queues served on each pass, without reference counting (`slots` holds the references).
+    private struct Active {
+        let slot: Int
+        unowned(unsafe) let handler: QueueHandler
+        unowned(unsafe) let binding: QueueBinding
+    }
+    private var active: ContiguousArray<Active> = []
+    /// Completion routing by slot id, without reference counting.
+    private var completionTargets: ContiguousArray<Active?> = []
     /// Queues assigned to this poller, for balancing (read under the commands lock by the control side).
     private var assignedCount = 0
 
@@ -43,7 +56,6 @@ public final class Poller {
     }
 
     static let tagControl: UInt64 = 1 << 62
-    static let tagRing: UInt64 = 1 << 62 | 1
     static let tagAIO: UInt64 = 1 << 62 | 2
     static let tagWatcher: UInt64 = 1 << 61
     private var watchers: [UInt64: FDWatcher] = [:]
@@ -71,7 +83,6 @@ public final class Poller {
 
     private func dispatch(tag: UInt64, events: UInt32) {
         if tag == Poller.tagControl { control.drain() }
-        else if tag == Poller.tagRing { ioRing.eventFD.drain() }
         else if tag == Poller.tagAIO { aio?.eventFD.drain() }
         else if tag & Poller.tagWatcher != 0 { watchers[tag]?.fdReady(events: events) }
         else if Int(tag) < slots.count, let slot = slots[Int(tag)] {
@@ -94,14 +105,17 @@ public final class Poller {
         self.id = id
         self.cpu = cpu
         self.pollMicroseconds = pollMicroseconds
-        ioRing = try IORing(entries: ringEntries)
+        ioRing = try IORing(entries: ringEntries, cqEntries: ringEntries * 4)
         control = try EventFD()
         epfd = try checkNegErrno("epoll_create1", vdv_epoll_create())
+        commandsPending.initialize(to: 0)
         try addToEpoll(control.fd, Poller.tagControl)
-        try addToEpoll(ioRing.eventFD.fd, Poller.tagRing)
     }
 
-    deinit { closeFD(epfd) }
+    deinit {
+        closeFD(epfd)
+        commandsPending.deallocate()
+    }
 
     private func addToEpoll(_ fd: Int32, _ tag: UInt64) throws {
         _ = try checkNegErrno("epoll_ctl(ADD)", vdv_epoll_add(epfd, fd, UInt32(VDV_EPOLLIN), tag))
@@ -120,7 +134,10 @@ public final class Poller {
     public var queueCount: Int { commandsLock.withLock { assignedCount } }
 
     private func send(_ c: Command) {
-        commandsLock.withLock { commands.append(c) }
+        commandsLock.withLock {
+            commands.append(c)
+            vdv_store_relaxed_u8(commandsPending, 1)
+        }
         control.signal()
     }
 
@@ -174,91 +191,98 @@ public final class Poller {
             tags.deallocate()
             events.deallocate()
         }
-        var lastWork = monotonicMicros()
+        var spin = SpinWindow(limit: pollMicroseconds)
         var sleeping = false
-        var justWoke = false
         while running {
-            var didWork = runCommands()
-            if !watchers.isEmpty && !justWoke {
-                // Awake and spinning: host fds are not seen by a blocking epoll_wait, so look now.
-                let n = vdv_epoll_wait(epfd, tags, events, Int32(maxEvents), 0)
-                for i in 0..<Int(max(n, 0)) {
-                    dispatch(tag: tags[i], events: events[i])
-                    if tags[i] & Poller.tagWatcher != 0 { didWork = true }
+            var guestWork = false
+            // Epoll events: after the ring said there are some, and on every pass while host fds are watched
+            // (a spinning poller does not sleep in the ring, so nothing else would tell it).
+            if ioRing.wakeFired || !watchers.isEmpty {
+                ioRing.wakeFired = false
+                while true {
+                    let n = vdv_epoll_wait(epfd, tags, events, Int32(maxEvents), 0)
+                    for i in 0..<Int(max(n, 0)) {
+                        dispatch(tag: tags[i], events: events[i])
+                        if tags[i] & Poller.tagWatcher != 0 { guestWork = true }
+                    }
+                    if n < Int32(maxEvents) { break }
                 }
             }
-            justWoke = false
-            if ioRing.reap(deliverCompletion) > 0 { didWork = true }
-            if let aio, aio.reap(deliverCompletion) > 0 { didWork = true }
-            for s in active {
-                guard let slot = slots[s], !slot.broken, slot.stopping == nil else { continue }
+            // After the epoll drain: the control eventfd it consumed may stand for commands queued just now.
+            if vdv_load_relaxed_u8(commandsPending) != 0 { guestWork = runCommands() || guestWork }
+            var completions = ioRing.reap(deliverCompletion) > 0
+            if let aio, aio.reap(deliverCompletion) > 0 { completions = true }
+            for a in active {
+                guard let slot = slots[a.slot], !slot.broken, slot.stopping == nil else { continue }
                 do {
-                    if try slot.handler.process() { didWork = true }
+                    if try a.handler.process() { guestWork = true }
                 } catch {
-                    slots[s]!.broken = true
-                    slot.binding.stats.add(.errors)
-                    slot.binding.onError(error)
+                    slots[a.slot]!.broken = true
+                    a.binding.stats.add(.errors)
+                    a.binding.onError(error)
                 }
             }
             ioRing.submit()
             aio?.submit()
-            for s in active { slots[s]?.binding.flush() }
-            finishStopping()
+            for a in active { a.binding.flush() }
+            if stoppingCount > 0 { finishStopping() }
             if slotsWithRetiredMemory > 0 { releaseRetiredMemory() }
-            if didWork {
-                lastWork = monotonicMicros()
+            let now = monotonicMicros()
+            if guestWork { spin.work(at: now) }
+            if guestWork || completions {
                 if sleeping { setNotifications(enabled: false); sleeping = false }
                 continue
             }
-            if pollMicroseconds > 0 && monotonicMicros() &- lastWork < pollMicroseconds {
+            // Nothing this pass. Spin for the guest's next request while that tends to pay; with requests at the
+            // device, only briefly: their completions wake the poller from the ring, not from a spin.
+            let deviceBusy = ioRing.ioInFlight > 0 || (aio?.inFlight ?? 0) > 0
+            if spin.shouldSpin(at: now, deviceBusy: deviceBusy) {
                 vdv_cpu_relax()
                 continue
             }
             // Arm notifications, then look again: a buffer added before the arm would otherwise sleep with us.
             setNotifications(enabled: true)
             sleeping = true
-            if anyPending() { continue }
-            let n = vdv_epoll_wait(epfd, tags, events, Int32(maxEvents), -1)
-            if n > 0 {
-                for i in 0..<Int(n) { dispatch(tag: tags[i], events: events[i]) }
-            }
-            justWoke = true
-            if pollMicroseconds > 0 { setNotifications(enabled: false); sleeping = false }
+            if anyPending() || vdv_load_relaxed_u8(commandsPending) != 0 { continue }
+            ioRing.wait(epollFD: epfd)
+            if spin.limit > 0 { setNotifications(enabled: false); sleeping = false }
         }
         // Exit: nothing may be left running; drain what is in flight.
-        for s in active { if let slot = slots[s] { removeFromEpoll(slot) } }
+        for a in active { if let slot = slots[a.slot] { removeFromEpoll(slot) } }
     }
 
     /// An I/O completion goes to the queue whose slot its user_data names.
     @inline(__always)
     private func deliverCompletion(_ ud: UInt64, _ res: Int32) {
         let s = Int(ud >> 32)
-        if s < slots.count, let slot = slots[s] { slot.handler.complete(tag: UInt32(truncatingIfNeeded: ud), result: res) }
+        if s < completionTargets.count, let t = completionTargets[s] {
+            t.handler.complete(tag: UInt32(truncatingIfNeeded: ud), result: res)
+        }
     }
 
     private func setNotifications(enabled: Bool) {
-        for s in active {
-            guard let slot = slots[s], !slot.broken else { continue }
-            if enabled { slot.binding.vq.enableNotifications() } else { slot.binding.vq.disableNotifications() }
+        for a in active {
+            guard let slot = slots[a.slot], !slot.broken else { continue }
+            if enabled { a.binding.vq.enableNotifications() } else { a.binding.vq.disableNotifications() }
         }
     }
 
     private func anyPending() -> Bool {
-        for s in active {
-            guard let slot = slots[s], !slot.broken, slot.stopping == nil else { continue }
-            if slot.handler.hasPendingWork() { return true }
+        for a in active {
+            guard let slot = slots[a.slot], !slot.broken, slot.stopping == nil else { continue }
+            if a.handler.hasPendingWork() { return true }
         }
         return false
     }
 
     private func runCommands() -> Bool {
-        let cmds: [Command] = commandsLock.withLock {
-            let c = commands
-            commands.removeAll(keepingCapacity: true)
-            return c
+        commandsLock.withLock {
+            swap(&commands, &takenCommands)
+            vdv_store_relaxed_u8(commandsPending, 0)
         }
-        if cmds.isEmpty { return false }
-        for c in cmds {
+        defer { takenCommands.removeAll(keepingCapacity: true) }
+        if takenCommands.isEmpty { return false }
+        for c in takenCommands {
             switch c {
             case .attach(let binding, let make, let done):
                 let id = slots.firstIndex(where: { $0 == nil }) ?? slots.count
@@ -269,16 +293,22 @@ public final class Poller {
                 do {
                     let handler = try make(QueueContext(binding: binding, poller: self, slot: UInt16(id)))
                     if let kick = binding.kick { try addToEpoll(kick.fd, UInt64(id)) }
-                    if id == slots.count { slots.append(nil) }
+                    if id == slots.count {
+                        slots.append(nil)
+                        completionTargets.append(nil)
+                    }
                     slots[id] = Slot(binding: binding, handler: handler)
-                    active.append(id)
+                    let a = Active(slot: id, handler: handler, binding: binding)
+                    active.append(a)
+                    completionTargets[id] = a
                     done.fulfill(.success(UInt16(id)))
                 } catch {
                     done.fulfill(.failure(error))
                 }
             case .detach(let id, let done):
-                if Int(id) < slots.count, slots[Int(id)] != nil {
+                if Int(id) < slots.count, slots[Int(id)] != nil, slots[Int(id)]!.stopping == nil {
                     slots[Int(id)]!.stopping = done
+                    stoppingCount += 1
                 } else {
                     done.fulfill(0)
                 }
@@ -307,7 +337,8 @@ public final class Poller {
 
     /// Old memory tables go once the requests that pointed into them have completed.
     private func releaseRetiredMemory() {
-        for s in active {
+        for a in active {
+            let s = a.slot
             guard let slot = slots[s], !slot.retired.isEmpty, slot.handler.inflight == 0 else { continue }
             slots[s]!.retired.removeAll()
             slotsWithRetiredMemory -= 1
@@ -318,13 +349,15 @@ public final class Poller {
     private func finishStopping() {
         var i = 0
         while i < active.count {
-            let s = active[i]
+            let s = active[i].slot
             if let slot = slots[s], let done = slot.stopping, slot.handler.inflight == 0 {
                 slot.binding.flush()
                 removeFromEpoll(slot)
                 if !slot.retired.isEmpty { slotsWithRetiredMemory -= 1 }
-                slots[s] = nil
+                stoppingCount -= 1
                 active.remove(at: i)
+                completionTargets[s] = nil
+                slots[s] = nil
                 slot.handler.detached()
                 done.fulfill(slot.binding.vq.lastAvailIdx)
                 continue
@@ -344,4 +377,38 @@ public func monotonicMicros() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+}
+
+/// How long a poller keeps spinning for the guest's next request before it arms notifications and sleeps.
+/// Starts at the configured limit; a window that runs out with nothing halves the next one, and work that
+/// arrives within the limit of the last work (while spinning, or after a sleep a full window would have
+/// covered) restores it. While requests are at the device the window is short: their completions wake the
+/// poller from the ring, so spinning through the device's latency would only burn the core.
+struct SpinWindow {
+    let limit: UInt64
+    private var window: UInt64
+    private var lastWork: UInt64
+    private var missCounted = false
+
+    init(limit: UInt64) {
+        self.limit = limit
+        window = limit
+        lastWork = monotonicMicros()
+    }
+
+    mutating func work(at now: UInt64) {
+        if now &- lastWork <= limit { window = limit }
+        lastWork = now
+        missCounted = false
+    }
+
+    mutating func shouldSpin(at now: UInt64, deviceBusy: Bool) -> Bool {
+        let w = deviceBusy ? min(window, limit / 8) : window
+        if now &- lastWork < w { return true }
+        if !missCounted && !deviceBusy {
+            window = max(limit / 16, window / 2)
+            missCounted = true
+        }
+        return false
+    }
 }

@@ -21,10 +21,20 @@ static inline void vdv_cpu_relax(void) { __builtin_ia32_pause(); }
 // ---- io_uring (liburing), one ring per poller ----
 typedef struct vdv_uring vdv_uring;
 enum { VDV_OP_READV = 0, VDV_OP_WRITEV = 1 };
-// Returns NULL and sets *err to a negative errno on failure.
-vdv_uring *vdv_uring_create(uint32_t entries, int32_t *err);
+// entries SQEs and cq_entries CQEs. Returns NULL and sets *err to a negative errno on failure.
+vdv_uring *vdv_uring_create(uint32_t entries, uint32_t cq_entries, int32_t *err);
 void vdv_uring_destroy(vdv_uring *ring);
-int32_t vdv_uring_register_eventfd(vdv_uring *ring, int32_t fd);
+uint32_t vdv_uring_cq_entries(vdv_uring *ring);
+// A one-shot POLL_ADD (POLLIN) on fd: how a poller sleeping in the ring learns that its epoll has events.
+int32_t vdv_uring_prep_poll_in(vdv_uring *ring, int32_t fd, uint64_t user_data);
+// ASYNC_CANCEL of the request whose user_data is target.
+int32_t vdv_uring_prep_cancel(vdv_uring *ring, uint64_t target, uint64_t user_data);
+// Submits what is queued and sleeps until at least wait_nr completions are ready.
+int32_t vdv_uring_submit_and_wait(vdv_uring *ring, uint32_t wait_nr);
+// io-wq workers: on these CPUs (ncpus 0: left as they are) and at most this many (0: left as it is).
+// 0, or the first -errno.
+int32_t vdv_uring_limit_workers(vdv_uring *ring, const int32_t *cpus, uint32_t ncpus, uint32_t max_bounded,
+                                uint32_t max_unbounded);
 // The prep calls return 0, or -EBUSY when the submission queue is full.
 int32_t vdv_uring_prep_rw(vdv_uring *ring, int32_t op, int32_t fd, const void *iov, uint32_t iovcnt,
                           uint64_t offset, uint32_t rw_flags, uint64_t user_data);
