@@ -6,6 +6,8 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <errno.h>
+#include <unistd.h>
 
 static void term_set(sigset_t *s) {
     sigemptyset(s);
@@ -42,3 +44,16 @@ void vdv_set_thread_name(const char *name) {
     n[15] = 0;
     pthread_setname_np(pthread_self(), n);
 }
+
+int32_t vdv_cpus_of_process(int32_t *out, int32_t max) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) < 0) return -errno;
+    int32_t n = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && n < max; cpu++) if (CPU_ISSET(cpu, &set)) out[n++] = cpu;
+    return n;
+}
+
+int32_t vdv_cpus_online(void) { return (int32_t)sysconf(_SC_NPROCESSORS_ONLN); }
+
+int32_t vdv_thread_id(void) { return (int32_t)gettid(); }

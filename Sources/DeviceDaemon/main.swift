@@ -36,6 +36,9 @@ struct VdevdCommand: ParsableCommand {
     @Option(help: ArgumentHelp("CPUs to pin pollers to, in order (e.g. 2,3).", valueName: "list"))
     var cpus: String?
 
+    @Option(name: .customLong("io-workers"), help: "Most io_uring worker threads per poller, for I/O the kernel cannot start without blocking; they run on the CPUs no poller is pinned to.")
+    var ioWorkers: UInt32 = IOWorkers.defaultMaxBounded
+
     @Option(name: .customLong("poll-us"), help: "Microseconds a poller keeps spinning after its last work before it sleeps (0 = sleep at once).")
     var pollMicroseconds: UInt64 = 50
 
@@ -74,9 +77,13 @@ struct VdevdCommand: ParsableCommand {
         vdv_block_term_signals()
 
         let group: PollerGroup
-        do { group = try PollerGroup(count: pollers, cpus: cpuList, pollMicroseconds: pollMicroseconds) } catch {
+        do { group = try PollerGroup(count: pollers, cpus: cpuList, pollMicroseconds: pollMicroseconds,
+                                     maxWorkers: ioWorkers) } catch {
             logger.critical("cannot start pollers: \(error)")
             throw ExitCode(1)
+        }
+        if !group.workers.cpus.isEmpty {
+            logger.info("io_uring workers run on CPUs \(group.workers.cpus.map(String.init).joined(separator: ",")), at most \(ioWorkers) per poller")
         }
         var started: [Export] = []
         for s in specs {

@@ -129,11 +129,52 @@ public final class IORing {
         }
     }
 
+    /// Starts the calling thread's io-wq (io_uring makes it at the thread's first submission) and places and caps
+    /// its workers. Poller thread only: the workers belong to the thread that submits.
+    func placeWorkers(_ w: IOWorkers) -> Int32 {
+        if vdv_uring_prep_nop(ring, IORing.tagCancel) == 0 {
+            queued += 1
+            inFlight += 1
+            submit()
+        }
+        return limitWorkers(cpus: w.cpus, maxBounded: w.maxBounded, maxUnbounded: 0)
+    }
+
     /// Puts the ring's io-wq workers (punted buffered writes, devices without NOWAIT) on `cpus` and caps them.
     /// Returns 0 or -errno (an old kernel, or CPUs outside the cpuset).
     public func limitWorkers(cpus: [Int32], maxBounded: UInt32, maxUnbounded: UInt32) -> Int32 {
         cpus.withUnsafeBufferPointer {
             vdv_uring_limit_workers(ring, $0.baseAddress, UInt32($0.count), maxBounded, maxUnbounded)
         }
+    }
+}
+
+/// Where a poller's io_uring workers run and how many there may be: requests io_uring cannot issue without
+/// blocking (buffered writes on some file systems, devices without NOWAIT) go to them, and on the poller's own
+/// core they would compete with its spinning.
+public struct IOWorkers: Equatable {
+    /// CPUs for the workers; empty leaves them where the kernel puts them.
+    public var cpus: [Int32]
+    /// At most this many workers for file and block I/O (io-wq's bounded class).
+    public var maxBounded: UInt32
+
+    public init(cpus: [Int32] = [], maxBounded: UInt32 = IOWorkers.defaultMaxBounded) {
+        self.cpus = cpus
+        self.maxBounded = maxBounded
+    }
+
+    public static let defaultMaxBounded: UInt32 = 8
+
+    /// The online CPUs that run no poller. Pollers' CPUs are the --cpus list, or else the process's CPU
+    /// affinity when that is narrower than the machine (taskset); otherwise nothing is known and none is chosen.
+    public static func sparing(pollerCPUs: [Int32]) -> [Int32] {
+        let online = Int(vdv_cpus_online())
+        var mine = [Int32](repeating: 0, count: 1024)
+        let n = Int(vdv_cpus_of_process(&mine, 1024))
+        guard n > 0, online > 0 else { return [] }
+        let allowed = Array(mine.prefix(n))
+        let busy = pollerCPUs.isEmpty ? (allowed.count < online ? allowed : []) : pollerCPUs
+        guard !busy.isEmpty else { return [] }
+        return (0..<Int32(online)).filter { !busy.contains($0) }
     }
 }

@@ -101,8 +101,16 @@ public final class Poller {
         return a
     }
 
-    public init(id: Int, cpu: Int32? = nil, pollMicroseconds: UInt64 = 0, ringEntries: UInt32 = 1024) throws {
+    public let workers: IOWorkers
+    /// How placing the io_uring workers went: 0, or -errno (an old kernel, CPUs outside the cpuset).
+    public private(set) var workerPlacement: Int32 = 0
+    /// The poller thread's id (its io_uring workers are named iou-wrk-TID).
+    public private(set) var threadID: Int32 = 0
+
+    public init(id: Int, cpu: Int32? = nil, pollMicroseconds: UInt64 = 0, ringEntries: UInt32 = 1024,
+                workers: IOWorkers = IOWorkers()) throws {
         self.id = id
+        self.workers = workers
         self.cpu = cpu
         self.pollMicroseconds = pollMicroseconds
         ioRing = try IORing(entries: ringEntries, cqEntries: ringEntries * 4)
@@ -184,6 +192,8 @@ public final class Poller {
     private func run() {
         vdv_set_thread_name("vdevd-poll\(id)")
         if let cpu { _ = vdv_pin_thread_to_cpu(cpu) }
+        threadID = vdv_thread_id()
+        workerPlacement = ioRing.placeWorkers(workers)
         let maxEvents = 64
         let tags = UnsafeMutablePointer<UInt64>.allocate(capacity: maxEvents)
         let events = UnsafeMutablePointer<UInt32>.allocate(capacity: maxEvents)

@@ -2,10 +2,17 @@
 public final class PollerGroup {
     public let pollers: [Poller]
 
-    public init(count: Int, cpus: [Int32] = [], pollMicroseconds: UInt64 = 0) throws {
+    /// io_uring workers of every poller: on the CPUs no poller runs on, capped.
+    public let workers: IOWorkers
+
+    public init(count: Int, cpus: [Int32] = [], pollMicroseconds: UInt64 = 0,
+                maxWorkers: UInt32 = IOWorkers.defaultMaxBounded) throws {
+        let n = max(1, count)
+        workers = IOWorkers(cpus: IOWorkers.sparing(pollerCPUs: Array(cpus.prefix(n))), maxBounded: maxWorkers)
         var ps: [Poller] = []
-        for i in 0..<max(1, count) {
-            ps.append(try Poller(id: i, cpu: i < cpus.count ? cpus[i] : nil, pollMicroseconds: pollMicroseconds))
+        for i in 0..<n {
+            ps.append(try Poller(id: i, cpu: i < cpus.count ? cpus[i] : nil, pollMicroseconds: pollMicroseconds,
+                                 workers: workers))
         }
         pollers = ps
         for p in pollers { p.start() }

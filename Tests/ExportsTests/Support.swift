@@ -257,8 +257,8 @@ class ExportTestCase: XCTestCase {
 
     /// Creates an image (unless `image` names an existing file) and serves it; `options` is appended to the spec.
     func serve(id: String = "disk0", options: String = "", imageSize: Int = 8 << 20, image: String? = nil,
-               socket: String? = nil) throws -> Served {
-        let img = image ?? path("\(id).img")
+               socket: String? = nil, imagePath: String? = nil) throws -> Served {
+        let img = image ?? imagePath ?? path("\(id).img")
         if image == nil { try createImage(at: img, size: imageSize) }
         let sock = socket ?? path("\(id).sock")
         var text = "vhost-user-blk,id=\(id),path=\(img),socket=\(sock)"

@@ -128,6 +128,10 @@ void vdv_block_term_signals(void);
 // Waits for SIGTERM, SIGINT or SIGHUP; returns the signal number.
 int32_t vdv_wait_term_signal(void);
 int32_t vdv_pin_thread_to_cpu(int32_t cpu);
+// The CPUs this process may run on (sched_getaffinity), up to max; the count or -errno.
+int32_t vdv_cpus_of_process(int32_t *out, int32_t max);
+int32_t vdv_cpus_online(void);
+int32_t vdv_thread_id(void);
 void vdv_set_thread_name(const char *name);
 
 #endif
