@@ -146,7 +146,8 @@ def run_fio(backing, case, seconds, size_mib):
     cmd = ["taskset", "-c", BACKEND_CPU, "fio", "--name=limit", f"--filename={backing.path}", "--ioengine=io_uring",
            f"--rw={rw}", f"--bs={bs}", f"--iodepth={iodepth * exports}", f"--direct={int(backing.direct)}",
            f"--size={size_mib}M", "--numjobs=1", "--time_based", f"--runtime={int(seconds * 1000)}ms",
-           "--randrepeat=0", "--norandommap", "--lat_percentiles=1", "--output-format=json"]
+           "--randrepeat=0", "--norandommap", "--lat_percentiles=1", "--output-format=json",
+           "--invalidate=0"]  # fio would drop the file's page cache before it starts, for the backends too
     # fio's own usr/sys figures miss its io_uring worker threads: take the whole process from the kernel
     # instead (RUSAGE_CHILDREN counts fio once it is reaped, startup included; nothing else exits meanwhile).
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
