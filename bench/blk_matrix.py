@@ -24,7 +24,7 @@ Needs root (losetup, zram). Cleans up (backends, loop device, zram reset, files)
 """
 import argparse, contextlib, datetime, json, os, re, resource, shlex, signal, statistics, subprocess, sys, tempfile, time
 
-from blk_compare import BACKEND_CPU, REL, bench, build, cpu_ticks, start_backend, stop
+from blk_compare import BACKEND_CPU, bench, build, cpu_ticks, start_backend, stop
 
 HZ = os.sysconf("SC_CLK_TCK")
 
