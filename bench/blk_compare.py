@@ -44,29 +44,45 @@ def cpu_ticks(pid):
 
 VDEVD_KEYS = ""
 IMAGE_DIR = "/dev/shm"
+BACKEND_CPU, LOADGEN_CPU = "1", "0"  # one core each of the machine's two
 
 
-def start_backend(kind, work, images, queues, poll_us, engine):
+def start_backend(kind, work, images, queues=1, vdevd_keys="", vdevd_args=(), qsd_driver="file", direct=False):
+    """Starts vdevd or qemu-storage-daemon pinned to BACKEND_CPU, one export per image, and waits for the
+    sockets. vdevd gets only id, path and socket plus `vdevd_keys` (e.g. ",direct=on"); qsd gets `qsd_driver`
+    (file or host_device) on io_uring, with cache.direct=on when `direct`. Returns (process, sockets, log)."""
     socks = [os.path.join(work, f"{kind}{i}.sock") for i in range(len(images))]
     log = os.path.join(work, f"{kind}.log")
     if kind == "vdevd":
-        cmd = ["taskset", "-c", "1", os.path.join(REL, "vdevd"), "--pollers", "1", "--log-level", "warning"]
-        if poll_us is not None:
-            cmd += ["--poll-us", str(poll_us)]
+        cmd = ["taskset", "-c", BACKEND_CPU, os.path.join(REL, "vdevd"), *vdevd_args]
         for i, (img, s) in enumerate(zip(images, socks)):
-            cmd += ["--export", f"vhost-user-blk,id=d{i},path={img},socket={s},num-queues={queues},engine={engine}{VDEVD_KEYS}"]
+            cmd += ["--export", f"vhost-user-blk,id=d{i},path={img},socket={s}{vdevd_keys}"]
     else:
-        cmd = ["taskset", "-c", "1", "qemu-storage-daemon"]
+        cache = ",cache.direct=on" if direct else ""
+        cmd = ["taskset", "-c", BACKEND_CPU, "qemu-storage-daemon"]
         for i, (img, s) in enumerate(zip(images, socks)):
-            cmd += ["--blockdev", f"driver=file,node-name=d{i},filename={img},aio=io_uring",
+            cmd += ["--blockdev", f"driver={qsd_driver},node-name=d{i},filename={img},aio=io_uring{cache}",
                     "--export", f"type=vhost-user-blk,id=e{i},node-name=d{i},addr.type=unix,addr.path={s},"
                                 f"writable=on,num-queues={queues}"]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    wait_sockets(socks, proc, log)
-    return proc, socks
+    try:
+        wait_sockets(socks, proc, log)
+    except BaseException:  # includes Ctrl-C: the caller never gets the process to stop
+        stop(proc)
+        raise
+    return proc, socks, log
+
+
+def start_compare_backend(kind, work, images, queues, poll_us, engine):
+    """This script's vdevd settings: one poller, the given engine and queues, --vdevd-keys appended."""
+    args = ["--pollers", "1", "--log-level", "warning"] + (["--poll-us", str(poll_us)] if poll_us is not None else [])
+    return start_backend(kind, work, images, queues, vdevd_keys=f",num-queues={queues},engine={engine}{VDEVD_KEYS}",
+                         vdevd_args=args)
 
 
 def stop(proc):
+    if proc.poll() is not None:
+        return
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=10)
@@ -75,20 +91,46 @@ def stop(proc):
         proc.wait()
 
 
-def bench(socks, rw, iodepth, queues, seconds, label):
+def bench(socks, rw, iodepth, queues, seconds, label, bs="4k", size_mib=None, backend=None):
+    """Runs vdev-bench pinned to LOADGEN_CPU against `socks`; returns its JSON result line as a dict. Fails
+    (rather than waits) if the `backend` process exits during the run."""
     threads = 1 if len(socks) > 1 else queues
     # Many exports share the one-export working set (64 MiB in all), so the comparison measures the
     # daemon's per-queue cost, not the CPU caches' reach over 64 images.
-    size_mib = max(1, 64 // len(socks))
-    cmd = ["taskset", "-c", "0", os.path.join(REL, "vdev-bench"), "--rw", rw, "--bs", "4k", "--iodepth", str(iodepth),
-           "--queues", str(queues), "--threads", str(threads), "--seconds", str(seconds), "--label", label,
-           "--size-mib", str(size_mib)]
+    if size_mib is None:
+        size_mib = max(1, 64 // len(socks))
+    cmd = ["taskset", "-c", LOADGEN_CPU, os.path.join(REL, "vdev-bench"), "--rw", rw, "--bs", bs,
+           "--iodepth", str(iodepth), "--queues", str(queues), "--threads", str(threads), "--seconds", str(seconds),
+           "--label", label, "--size-mib", str(size_mib)]
     for s in socks:
         cmd += ["--socket", s]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
-    if out.returncode != 0:
-        sys.exit(f"vdev-bench failed ({label}):\n{out.stdout}\n{out.stderr}")
-    return json.loads([l for l in out.stdout.splitlines() if l.startswith("{")][-1])
+    with tempfile.TemporaryFile("w+") as out:
+        b = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            # vdev-bench waits for every request it posted: if the backend dies, stop it rather than wait
+            deadline = time.time() + seconds + 120
+            while b.poll() is None:
+                if backend is not None and backend.poll() is not None:
+                    sys.exit(f"{label}: the backend exited (status {backend.returncode}) during the run")
+                if time.time() > deadline:
+                    sys.exit(f"{label}: vdev-bench did not finish")
+                time.sleep(0.05)
+        finally:
+            if b.poll() is None:
+                b.kill()
+                b.wait()
+        out.seek(0)
+        text = out.read()
+    if b.returncode != 0:
+        sys.exit(f"vdev-bench failed ({label}):\n{text}")
+    return json.loads([l for l in text.splitlines() if l.startswith("{")][-1])
+
+
+def build():
+    """Release build of vdevd and vdev-bench (the caller holds the machine's build lock, if it has one)."""
+    swift = shutil.which("swift") or "/opt/swift/usr/bin/swift"
+    for product in ("vdevd", "vdev-bench"):
+        subprocess.run([swift, "build", "-c", "release", "--product", product], cwd=REPO, check=True)
 
 
 def run_case(name, seconds, poll_us, engine):
@@ -104,7 +146,7 @@ def run_case(name, seconds, poll_us, engine):
             images.append(img)
         res = {}
         for kind in ("vdevd", "qsd"):
-            proc, socks = start_backend(kind, work, images, queues, poll_us, engine)
+            proc, socks, _ = start_compare_backend(kind, work, images, queues, poll_us, engine)
             try:
                 res[kind] = bench(socks, rw, iodepth, queues, seconds, f"{kind}-{name}")
             finally:
@@ -126,7 +168,7 @@ def idle_case(seconds, poll_us, exports=64):
             images.append(img)
         res = {}
         for kind in ("vdevd", "qsd"):
-            proc, socks = start_backend(kind, work, images, 1, poll_us, "io_uring")
+            proc, socks, _ = start_compare_backend(kind, work, images, 1, poll_us, "io_uring")
             try:
                 cmd = [os.path.join(REL, "vdev-bench"), "--idle", str(seconds + 4), "--label", "idle"]
                 for s in socks:
@@ -164,8 +206,7 @@ def main():
     global IMAGE_DIR
     IMAGE_DIR = a.dir
     if not a.no_build:
-        subprocess.run(["swift", "build", "-c", "release", "--product", "vdevd"], cwd=REPO, check=True)
-        subprocess.run(["swift", "build", "-c", "release", "--product", "vdev-bench"], cwd=REPO, check=True)
+        build()
     cases = a.case or list(CASES) + ["idle-64exp"]
     rows = []
     hdr = "| case | vdevd IOPS | qsd IOPS | IOPS ratio | vdevd mean/p99 us | qsd mean/p99 us | mean ratio | p99 ratio |"
