@@ -29,6 +29,13 @@ public final class BlkDevice: VirtioDevice {
     /// O_DIRECT rules of the backing (STATX_DIOALIGN, or the logical block size): buffer address, offset/length.
     public let dioMemoryAlignment: UInt32
     public let dioOffsetAlignment: UInt32
+    /// DISCARD on a block device goes through io_uring (BLOCK_URING_CMD_DISCARD, Linux 6.12); on older kernels
+    /// it is a BLKDISCARD ioctl on the poller.
+    public let asyncBlockDiscard: Bool
+    #if DEBUG
+    /// Tests only: reads and writes report at most this many bytes done (0: off), as a disk's short transfer would.
+    public var shortTransferLimitForTests: Int32 = 0
+    #endif
     /// Things the operator should know about how this export is served (logged once at start).
     public private(set) var notes: [String] = []
     /// Where zeros are written by hand (tmpfs), one request may not hold the poller for long: 8 MiB per range.
@@ -85,6 +92,7 @@ public final class BlkDevice: VirtioDevice {
         self.fd = fd
         self.sizeBytes = UInt64(info.size)
         self.isBlockDevice = info.is_block_device != 0
+        asyncBlockDiscard = isBlockDevice && options.engine == .ioUring && vdv_kernel_at_least(6, 12) != 0
         dioMemoryAlignment = max(1, info.dio_mem_align)
         dioOffsetAlignment = max(1, info.dio_offset_align)
         // With O_DIRECT every offset must be aligned as the backing says: the guest's block must be at least that.

@@ -23,6 +23,11 @@ struct BlkRequestSlot {
     var usedLength: UInt32 = 0
     var isWrite = false
     var bytes: UInt64 = 0
+    /// Where the rest of a read or write goes in the file, and how many of `iov`'s entries are left.
+    var offset: UInt64 = 0
+    var iovCount = 0
+    /// Chunks of the queue's bounce buffer this request's data goes through (O_DIRECT, misaligned guest buffers).
+    var bounce: BounceBuffer.Run? = nil
 }
 
 /// Serves one virtio-blk queue on its poller (virtio 1.3, 5.2.6): parses requests and submits them to the
@@ -41,6 +46,9 @@ final class BlkQueue: QueueHandler {
     private let slotCount: Int
     private var freeList: [UInt32]
     private(set) var inflight = 0
+    private var bounce = BounceBuffer()
+    /// A request is back on the avail ring until a bounce buffer frees up (at a completion).
+    private var waitingForBounce = false
     /// Fairness between queues on one poller: at most this many new requests per pass.
     static let batch = 64
     static let segmentCapacity = Int(BlkOptions.segMax) + 2 + 8
@@ -61,9 +69,10 @@ final class BlkQueue: QueueHandler {
         slotCount = Int(vq.size)
         slots = .allocate(capacity: slotCount)
         for i in 0..<slotCount {
+            // One iovec more than the segments: the bounce buffer's.
             (slots + i).initialize(to: BlkRequestSlot(
                 segments: ChainSegments(capacity: BlkQueue.segmentCapacity),
-                iov: .allocate(capacity: BlkQueue.segmentCapacity)))
+                iov: .allocate(capacity: BlkQueue.segmentCapacity + 1)))
         }
         freeList = (0..<UInt32(slotCount)).reversed().map { $0 }
         freeList.reserveCapacity(slotCount)
@@ -78,27 +87,36 @@ final class BlkQueue: QueueHandler {
         slots.deallocate()
         header.deallocate()
         ranges.deallocate()
+        bounce.release()
     }
 
     func process() throws -> Bool {
         var n = 0
-        while n < BlkQueue.batch, !freeList.isEmpty, ring.hasRoom(Int(BlkOptions.maxDiscardSegments)) {
+        while n < BlkQueue.batch, !waitingForBounce, !freeList.isEmpty, ring.hasRoom(Int(BlkOptions.maxDiscardSegments)) {
             guard let head = try vq.popHead() else { break }
             let tag = freeList.removeLast()
-            try start(tag: tag, head: head)
+            guard try start(tag: tag, head: head) else {
+                // Back on the ring until a bounce buffer is free.
+                vq.unpop()
+                freeList.append(tag)
+                waitingForBounce = true
+                break
+            }
             n += 1
         }
         return n > 0
     }
 
-    /// Parses one chain and submits its I/O, or finishes it at once (GET_ID, errors).
-    private func start(tag: UInt32, head: UInt16) throws {
+    /// Parses one chain and submits its I/O, or finishes it at once (GET_ID, errors). False: the request needs
+    /// a bounce buffer and none is free; nothing was started or counted.
+    private func start(tag: UInt32, head: UInt16) throws -> Bool {
         let s = slots + Int(tag)
         s.pointee.head = head
         s.pointee.pending = 0
         s.pointee.failed = false
         s.pointee.bytes = 0
         s.pointee.isWrite = false
+        s.pointee.bounce = nil
         do {
             try vq.readChain(head: head, into: &s.pointee.segments)
         } catch {
@@ -111,13 +129,13 @@ final class BlkQueue: QueueHandler {
         // 5.2.6: a status byte at the end of the device-writable part.
         guard let status = segs.lastWritableByte else {
             finishMalformed(tag: tag)
-            return
+            return true
         }
         s.pointee.status = status
         s.pointee.usedLength = 1
         guard segs.readableBytes >= UInt64(BlkLayout.headerSize),
               segs.copyReadable(offset: 0, into: header, length: BlkLayout.headerSize) else {
-            return finish(tag: tag, .ioerr)
+            finish(tag: tag, .ioerr); return true
         }
         let type = BlkRequestType(rawValue: UInt32(littleEndian: header.loadUnaligned(as: UInt32.self)))
         let sector = UInt64(littleEndian: header.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
@@ -126,31 +144,35 @@ final class BlkQueue: QueueHandler {
         switch type {
         case .in, .out:
             let isWrite = type == .out
-            if isWrite && device.options.readonly { return finish(tag: tag, .ioerr) }
+            if isWrite && device.options.readonly { finish(tag: tag, .ioerr); return true }
             let length = isWrite ? segs.readableBytes - UInt64(BlkLayout.headerSize) : segs.writableBytes - 1
             guard length % BlkLayout.sectorSize == 0, length <= UInt64(Int32.max), inRange(sector, length) else {
-                return finish(tag: tag, .ioerr)
+                finish(tag: tag, .ioerr); return true
             }
-            guard length > 0 else { return finish(tag: tag, .ok) }
+            guard length > 0 else { finish(tag: tag, .ok); return true }
             guard let n = segs.slice(writable: !isWrite, offset: isWrite ? BlkLayout.headerSize : 0,
                                      length: Int(length), into: s.pointee.iov, outCapacity: BlkQueue.segmentCapacity)
-            else { return finish(tag: tag, .ioerr) }
+            else { finish(tag: tag, .ioerr); return true }
+            s.pointee.iovCount = n
+            if device.options.direct && !dioAligned(s.pointee.iov, n) {
+                guard Int(length) <= BounceBuffer.capacity else { finish(tag: tag, .ioerr); return true }
+                guard let (run, buffer) = bounce.take(Int(length)) else {
+                    inflight -= 1
+                    stats.remove(.requests)
+                    return false
+                }
+                stats.add(.bounced)
+                s.pointee.bounce = run
+                s.pointee.iov[BlkQueue.segmentCapacity] = iovec(iov_base: buffer, iov_len: Int(length))
+                if isWrite { copyGuest(s, toBounce: true) }
+            }
             s.pointee.expected = Int32(length)
             s.pointee.bytes = length
             s.pointee.isWrite = isWrite
             s.pointee.usedLength = isWrite ? 1 : UInt32(length) + 1
             s.pointee.pending = 1
-            let offset = sector * BlkLayout.sectorSize
-            if inline {
-                let r = isWrite ? vdv_pwritev(fd, s.pointee.iov, UInt32(n), offset, device.writebackEnabled ? 0 : VDV_RWF_DSYNC)
-                                : vdv_preadv(fd, s.pointee.iov, UInt32(n), offset)
-                complete(tag: tag, result: Int32(clamping: r))
-            } else if isWrite {
-                let flags: UInt32 = device.writebackEnabled ? 0 : VDV_RWF_DSYNC
-                _ = ring.writev(fd: fd, iov: s.pointee.iov, count: n, offset: offset, flags: flags, userData: ud)
-            } else {
-                _ = ring.readv(fd: fd, iov: s.pointee.iov, count: n, offset: offset, userData: ud)
-            }
+            s.pointee.offset = sector * BlkLayout.sectorSize
+            submitTransfer(tag: tag)
         case .flush:
             stats.add(.flushes)
             s.pointee.expected = 0
@@ -161,20 +183,65 @@ final class BlkQueue: QueueHandler {
         case .getID:
             // 5.2.6.1: the id fills up to 20 bytes, NUL-padded when shorter.
             let room = Int(segs.writableBytes) - 1
-            guard room >= 0 else { return finish(tag: tag, .ioerr) }
+            guard room >= 0 else { finish(tag: tag, .ioerr); return true }
             var id = device.idBytes
             if id.count < BlkLayout.idBytes { id.append(contentsOf: [UInt8](repeating: 0, count: BlkLayout.idBytes - id.count)) }
             let written = id.withUnsafeBytes { segs.copyToWritable(offset: 0, from: $0.baseAddress!, length: min(room, id.count)) }
             s.pointee.usedLength = UInt32(written) + 1
-            return finish(tag: tag, .ok)
+            finish(tag: tag, .ok); return true
         case .discard, .writeZeroes:
-            if device.options.readonly { return finish(tag: tag, .ioerr) }
+            if device.options.readonly { finish(tag: tag, .ioerr); return true }
             stats.add(.discards)
             try startRanges(tag: tag, type: type, segs: segs, ud: ud)
         default:
             stats.add(.unsupported)
-            return finish(tag: tag, .unsupp)
+            finish(tag: tag, .unsupp); return true
         }
+        return true
+    }
+
+    /// O_DIRECT takes the guest's buffers only where each starts on the backing's memory alignment and
+    /// holds whole blocks (the kernel checks every segment, not just the total).
+    @inline(__always)
+    private func dioAligned(_ iov: UnsafeMutablePointer<iovec>, _ n: Int) -> Bool {
+        let memMask = UInt(device.dioMemoryAlignment) - 1
+        let lenMask = Int(device.dioOffsetAlignment) - 1
+        for i in 0..<n where UInt(bitPattern: iov[i].iov_base) & memMask != 0 || iov[i].iov_len & lenMask != 0 {
+            return false
+        }
+        return true
+    }
+
+    /// Copies between the guest's buffers and the request's bounce buffer (before a write, after a read).
+    private func copyGuest(_ s: UnsafeMutablePointer<BlkRequestSlot>, toBounce: Bool) {
+        let buffer = s.pointee.iov[BlkQueue.segmentCapacity].iov_base!
+        var at = 0
+        for i in 0..<s.pointee.iovCount {
+            let v = s.pointee.iov[i]
+            if toBounce { memcpy(buffer + at, v.iov_base, v.iov_len) } else { memcpy(v.iov_base, buffer + at, v.iov_len) }
+            at += v.iov_len
+        }
+    }
+
+    /// Starts (or continues, after a short transfer) a read or write: inline, or at the engine.
+    /// False if the engine had no room for it.
+    @discardableResult
+    private func submitTransfer(tag: UInt32) -> Bool {
+        let s = slots + Int(tag)
+        let bounced = s.pointee.bounce != nil
+        let iov = bounced ? s.pointee.iov + BlkQueue.segmentCapacity : s.pointee.iov
+        let count = bounced ? 1 : s.pointee.iovCount
+        let offset = s.pointee.offset
+        let flags: UInt32 = s.pointee.isWrite && !device.writebackEnabled ? VDV_RWF_DSYNC : 0
+        if inline {
+            let r = s.pointee.isWrite ? vdv_pwritev(fd, iov, UInt32(count), offset, flags)
+                                      : vdv_preadv(fd, iov, UInt32(count), offset)
+            complete(tag: tag, result: Int32(clamping: r))
+            return true
+        }
+        let ud = IORing.userData(slot: slotID, tag: tag)
+        return s.pointee.isWrite ? ring.writev(fd: fd, iov: iov, count: count, offset: offset, flags: flags, userData: ud)
+                                 : ring.readv(fd: fd, iov: iov, count: count, offset: offset, userData: ud)
     }
 
     /// DISCARD and WRITE_ZEROES: each range becomes one fallocate (punch a hole, or zero the range).
@@ -207,8 +274,23 @@ final class BlkQueue: QueueHandler {
         for i in 0..<Int(count) {
             let r = ranges[i]
             guard r.length > 0 else { continue }
-            let mode = r.unmap ? VDV_FALLOC_PUNCH_HOLE : VDV_FALLOC_ZERO_RANGE
             s.pointee.pending += 1
+            if device.isBlockDevice {
+                // A block device's fallocate punch-hole is a zero-out: DISCARD is BLKDISCARD there, and
+                // WRITE_ZEROES (with or without unmap) a zero range, which the kernel does the device's best way.
+                if type == .discard {
+                    if device.asyncBlockDiscard {
+                        _ = ring.blockDiscard(fd: fd, offset: r.offset, length: r.length, userData: ud)
+                    } else {
+                        if vdv_blk_discard(fd, r.offset, r.length) < 0 { s.pointee.failed = true }
+                        s.pointee.pending -= 1
+                    }
+                } else {
+                    _ = ring.fallocate(fd: fd, mode: VDV_FALLOC_ZERO_RANGE, offset: r.offset, length: r.length, userData: ud)
+                }
+                continue
+            }
+            let mode = r.unmap ? VDV_FALLOC_PUNCH_HOLE : VDV_FALLOC_ZERO_RANGE
             if !r.unmap && !device.zeroRangeSupported {
                 // Only memory file systems land here: zeros are written inline, at memory speed.
                 if device.writeZeros(offset: r.offset, length: r.length) < 0 { s.pointee.failed = true }
@@ -234,21 +316,74 @@ final class BlkQueue: QueueHandler {
     /// Requests waiting that this queue can start now; with no free slot or no room at the engine they wait for
     /// a completion, which wakes the poller anyway.
     func hasPendingWork() -> Bool {
-        !freeList.isEmpty && ring.hasRoom(Int(BlkOptions.maxDiscardSegments)) && ((try? vq.pendingCount()) ?? 0) > 0
+        !waitingForBounce && !freeList.isEmpty && ring.hasRoom(Int(BlkOptions.maxDiscardSegments)) && ((try? vq.pendingCount()) ?? 0) > 0
     }
 
     func complete(tag: UInt32, result: Int32) {
         guard Int(tag) < slotCount else { return }
         let s = slots + Int(tag)
         guard s.pointee.pending > 0 else { return }
-        // A short transfer is an error too: the guest asked for exactly this many bytes.
-        if result < 0 || (s.pointee.expected > 0 && result != s.pointee.expected) { s.pointee.failed = true }
+        if s.pointee.expected > 0 {
+            var done = result
+            #if DEBUG
+            if device.shortTransferLimitForTests > 0 && done > device.shortTransferLimitForTests {
+                done = device.shortTransferLimitForTests
+            }
+            #endif
+            if done > 0 && done < s.pointee.expected {
+                // A short read or write (a disk or file system may stop early): the rest goes again.
+                stats.add(.shortTransfers)
+                advance(s, by: Int(done))
+                if submitTransfer(tag: tag) { return }
+                s.pointee.failed = true
+            } else if done != s.pointee.expected {
+                s.pointee.failed = true
+            }
+        } else if result < 0 {
+            s.pointee.failed = true
+        }
         s.pointee.pending -= 1
         if s.pointee.pending == 0 {
+            if let run = s.pointee.bounce {
+                if !s.pointee.failed && !s.pointee.isWrite { copyGuest(s, toBounce: false) }
+                bounce.give(run)
+                s.pointee.bounce = nil
+                waitingForBounce = false
+            }
             if !s.pointee.failed && s.pointee.bytes > 0 {
                 stats.add(s.pointee.isWrite ? .writtenBytes : .readBytes, s.pointee.bytes)
             }
             finish(tag: tag, s.pointee.failed ? .ioerr : .ok)
+        }
+    }
+
+    /// Moves a transfer past the `n` bytes already done: the offset, and the iovecs (the bounce buffer's one, or
+    /// the guest's, dropping those used up).
+    private func advance(_ s: UnsafeMutablePointer<BlkRequestSlot>, by n: Int) {
+        s.pointee.offset += UInt64(n)
+        s.pointee.expected -= Int32(n)
+        if s.pointee.bounce != nil {
+            let b = s.pointee.iov + BlkQueue.segmentCapacity
+            b.pointee.iov_base = b.pointee.iov_base! + n
+            b.pointee.iov_len -= n
+            return
+        }
+        let iov = s.pointee.iov
+        var skip = n
+        var first = 0
+        while skip > 0 && first < s.pointee.iovCount {
+            if skip >= iov[first].iov_len {
+                skip -= iov[first].iov_len
+                first += 1
+            } else {
+                iov[first].iov_base = iov[first].iov_base! + skip
+                iov[first].iov_len -= skip
+                skip = 0
+            }
+        }
+        if first > 0 {
+            (iov).update(from: iov + first, count: s.pointee.iovCount - first)
+            s.pointee.iovCount -= first
         }
     }
 

@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/vfs.h>
+#include <sys/utsname.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #ifndef HUGETLBFS_MAGIC
@@ -86,4 +88,16 @@ int32_t vdv_backing_probe(int32_t fd, vdv_backing_info *info) {
         info->dio_offset_align = sx.stx_dio_offset_align;
     }
     return 0;
+}
+
+int32_t vdv_blk_discard(int32_t fd, uint64_t offset, uint64_t len) {
+    uint64_t range[2] = { offset, len };
+    return ioctl(fd, BLKDISCARD, range) < 0 ? -errno : 0;
+}
+
+int32_t vdv_kernel_at_least(int32_t major, int32_t minor) {
+    struct utsname u;
+    int ma = 0, mi = 0;
+    if (uname(&u) < 0 || sscanf(u.release, "%d.%d", &ma, &mi) != 2) return 0;
+    return ma > major || (ma == major && mi >= minor);
 }

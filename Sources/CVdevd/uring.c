@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <liburing.h>
 
 struct vdv_uring { struct io_uring ring; };
@@ -139,4 +140,22 @@ uint32_t vdv_uring_reap(vdv_uring *r, uint64_t *user_data, int32_t *res, uint32_
     }
     if (n) io_uring_cq_advance(&r->ring, n);
     return n;
+}
+
+// BLOCK_URING_CMD_DISCARD (Linux 6.12, include/uapi/linux/fs.h): an asynchronous BLKDISCARD.
+#ifndef BLOCK_URING_CMD_DISCARD
+#define BLOCK_URING_CMD_DISCARD _IO(0x12, 0)
+#endif
+
+int32_t vdv_uring_prep_blk_discard(vdv_uring *r, int32_t fd, uint64_t offset, uint64_t len, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = fd;
+    sqe->cmd_op = BLOCK_URING_CMD_DISCARD;
+    sqe->addr = offset;
+    sqe->addr3 = len;
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
 }

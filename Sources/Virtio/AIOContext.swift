@@ -51,7 +51,16 @@ public final class AIOContext {
     }
 
     public func fallocate(fd: Int32, mode: Int32, offset: UInt64, length: UInt64, userData: UInt64) -> Bool {
-        inline.append((userData, vdv_fallocate(fd, mode, offset, length)))
+        completeInline(userData, vdv_fallocate(fd, mode, offset, length))
+    }
+
+    /// BLKDISCARD has no AIO form either.
+    public func blockDiscard(fd: Int32, offset: UInt64, length: UInt64, userData: UInt64) -> Bool {
+        completeInline(userData, vdv_blk_discard(fd, offset, length))
+    }
+
+    private func completeInline(_ userData: UInt64, _ result: Int32) -> Bool {
+        inline.append((userData, result))
         inFlight += 1
         eventFD.signal()
         return true

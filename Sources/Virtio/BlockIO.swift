@@ -41,4 +41,12 @@ public enum BlockIO {
         case .aio(let a): return a.fallocate(fd: fd, mode: mode, offset: offset, length: length, userData: userData)
         }
     }
+
+    @inline(__always)
+    public func blockDiscard(fd: Int32, offset: UInt64, length: UInt64, userData: UInt64) -> Bool {
+        switch self {
+        case .uring(let r): return r.blockDiscard(fd: fd, offset: offset, length: length, userData: userData)
+        case .aio(let a): return a.blockDiscard(fd: fd, offset: offset, length: length, userData: userData)
+        }
+    }
 }

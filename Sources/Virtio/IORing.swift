@@ -75,6 +75,12 @@ public final class IORing {
         note(vdv_uring_prep_fallocate(ring, fd, mode, offset, length, userData))
     }
 
+    /// BLKDISCARD of a block device range, asynchronously (Linux 6.12 and later).
+    @inline(__always)
+    public func blockDiscard(fd: Int32, offset: UInt64, length: UInt64, userData: UInt64) -> Bool {
+        note(vdv_uring_prep_blk_discard(ring, fd, offset, length, userData))
+    }
+
     /// Asks the kernel to cancel the operation with this user_data; its own completion says how it ended.
     public func cancel(userData: UInt64) -> Bool {
         guard inFlight + 1 <= cqEntries else { return false }
@@ -165,16 +171,13 @@ public struct IOWorkers: Equatable {
 
     public static let defaultMaxBounded: UInt32 = 8
 
-    /// The online CPUs that run no poller. Pollers' CPUs are the --cpus list, or else the process's CPU
-    /// affinity when that is narrower than the machine (taskset); otherwise nothing is known and none is chosen.
+    /// The CPUs this process may run on that no poller is pinned to (--cpus). Without pinned pollers nothing is
+    /// chosen: the operator's CPU affinity for the daemon (taskset, a cpuset) is theirs, and workers stay in it.
     public static func sparing(pollerCPUs: [Int32]) -> [Int32] {
-        let online = Int(vdv_cpus_online())
+        guard !pollerCPUs.isEmpty else { return [] }
         var mine = [Int32](repeating: 0, count: 1024)
         let n = Int(vdv_cpus_of_process(&mine, 1024))
-        guard n > 0, online > 0 else { return [] }
-        let allowed = Array(mine.prefix(n))
-        let busy = pollerCPUs.isEmpty ? (allowed.count < online ? allowed : []) : pollerCPUs
-        guard !busy.isEmpty else { return [] }
-        return (0..<Int32(online)).filter { !busy.contains($0) }
+        guard n > 0 else { return [] }
+        return mine.prefix(n).filter { !pollerCPUs.contains($0) }
     }
 }

@@ -113,7 +113,9 @@ public final class Poller {
         self.workers = workers
         self.cpu = cpu
         self.pollMicroseconds = pollMicroseconds
-        ioRing = try IORing(entries: ringEntries, cqEntries: ringEntries * 4)
+        // A blk request may take 16 submissions at once (DISCARD ranges): the ring holds at least that.
+        let entries = max(ringEntries, 16)
+        ioRing = try IORing(entries: entries, cqEntries: entries * 4)
         control = try EventFD()
         epfd = try checkNegErrno("epoll_create1", vdv_epoll_create())
         commandsPending.initialize(to: 0)
@@ -239,13 +241,14 @@ public final class Poller {
             if slotsWithRetiredMemory > 0 { releaseRetiredMemory() }
             let now = monotonicMicros()
             if guestWork { spin.work(at: now) }
+            let deviceBusy = ioRing.ioInFlight > 0 || (aio?.inFlight ?? 0) > 0
             if guestWork || completions {
-                if sleeping { setNotifications(enabled: false); sleeping = false }
+                // Notifications stay on while the poller will sleep again on the device; off while it spins.
+                if sleeping && !deviceBusy && spin.limit > 0 { setNotifications(enabled: false); sleeping = false }
                 continue
             }
             // Nothing this pass. Spin for the guest's next request while that tends to pay; with requests at the
-            // device, only briefly: their completions wake the poller from the ring, not from a spin.
-            let deviceBusy = ioRing.ioInFlight > 0 || (aio?.inFlight ?? 0) > 0
+            // device, sleep: their completions wake the poller from the ring.
             if spin.shouldSpin(at: now, deviceBusy: deviceBusy) {
                 vdv_cpu_relax()
                 continue
@@ -255,7 +258,6 @@ public final class Poller {
             sleeping = true
             if anyPending() || vdv_load_relaxed_u8(commandsPending) != 0 { continue }
             ioRing.wait(epollFD: epfd)
-            if spin.limit > 0 { setNotifications(enabled: false); sleeping = false }
         }
         // Exit: nothing may be left running; drain what is in flight.
         for a in active { if let slot = slots[a.slot] { removeFromEpoll(slot) } }
@@ -392,8 +394,9 @@ public func monotonicMicros() -> UInt64 {
 /// How long a poller keeps spinning for the guest's next request before it arms notifications and sleeps.
 /// Starts at the configured limit; a window that runs out with nothing halves the next one, and work that
 /// arrives within the limit of the last work (while spinning, or after a sleep a full window would have
-/// covered) restores it. While requests are at the device the window is short: their completions wake the
-/// poller from the ring, so spinning through the device's latency would only burn the core.
+/// covered) restores it. While requests are at the device it does not spin: their completions wake the
+/// poller from the ring, and spinning through the device's latency would only burn the core (and starve the
+/// io_uring workers that share it).
 struct SpinWindow {
     let limit: UInt64
     private var window: UInt64
@@ -413,9 +416,9 @@ struct SpinWindow {
     }
 
     mutating func shouldSpin(at now: UInt64, deviceBusy: Bool) -> Bool {
-        let w = deviceBusy ? min(window, limit / 8) : window
-        if now &- lastWork < w { return true }
-        if !missCounted && !deviceBusy {
+        if deviceBusy { return false }
+        if now &- lastWork < window { return true }
+        if !missCounted {
             window = max(limit / 16, window / 2)
             missCounted = true
         }

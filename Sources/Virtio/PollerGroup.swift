@@ -6,13 +6,13 @@ public final class PollerGroup {
     public let workers: IOWorkers
 
     public init(count: Int, cpus: [Int32] = [], pollMicroseconds: UInt64 = 0,
-                maxWorkers: UInt32 = IOWorkers.defaultMaxBounded) throws {
+                maxWorkers: UInt32 = IOWorkers.defaultMaxBounded, ringEntries: UInt32 = 1024) throws {
         let n = max(1, count)
         workers = IOWorkers(cpus: IOWorkers.sparing(pollerCPUs: Array(cpus.prefix(n))), maxBounded: maxWorkers)
         var ps: [Poller] = []
         for i in 0..<n {
             ps.append(try Poller(id: i, cpu: i < cpus.count ? cpus[i] : nil, pollMicroseconds: pollMicroseconds,
-                                 workers: workers))
+                                 ringEntries: ringEntries, workers: workers))
         }
         pollers = ps
         for p in pollers { p.start() }

@@ -151,19 +151,25 @@ func rangesPayload(_ ranges: [(UInt64, UInt32, UInt32)]) -> [UInt8] {
 
 /// Makes a chain available without waiting: header, device-readable segments, device-writable segments, and
 /// a status byte (unless `withStatus` is false). Returns the head, the writable buffers and the status address.
+/// `bufferOffset` places every data buffer that many bytes past a 4 KiB boundary (0: 512-byte aligned).
 func submitRaw(_ r: Ring, header: [UInt8], out: [[UInt8]] = [], inLengths: [UInt32] = [], indirect: Bool = false,
-               withStatus: Bool = true, notify: Bool = true) -> (head: UInt16, ins: [(UInt64, UInt32)], status: UInt64?) {
+               withStatus: Bool = true, notify: Bool = true,
+               bufferOffset: UInt64 = 0) -> (head: UInt16, ins: [(UInt64, UInt32)], status: UInt64?) {
+    func buffer(_ length: Int) -> UInt64 {
+        bufferOffset == 0 ? r.ram.allocate(UInt64(length), alignment: 512)
+                          : r.ram.allocate(UInt64(length) + bufferOffset, alignment: 4096) + bufferOffset
+    }
     let hdr = r.ram.allocate(UInt64(max(header.count, 1)))
     r.ram.write(hdr, header)
     var bufs = [DriverVirtqueue.Buffer(gpa: hdr, length: UInt32(header.count), writable: false)]
     for o in out {
-        let g = r.ram.allocate(UInt64(o.count), alignment: 512)
+        let g = buffer(o.count)
         r.ram.write(g, o)
         bufs.append(.init(gpa: g, length: UInt32(o.count), writable: false))
     }
     var ins: [(UInt64, UInt32)] = []
     for l in inLengths {
-        let g = r.ram.allocate(UInt64(l), alignment: 512)
+        let g = buffer(Int(l))
         r.ram.fill(g, Int(l), byte: 0xee)
         ins.append((g, l))
         bufs.append(.init(gpa: g, length: l, writable: true))
@@ -182,9 +188,9 @@ func submitRaw(_ r: Ring, header: [UInt8], out: [[UInt8]] = [], inLengths: [UInt
 
 /// One request, waited for (the wait's timeout is a safety net, not an assertion).
 func rawRequest(_ r: Ring, type: UInt32, sector: UInt64, out: [[UInt8]] = [], inLengths: [UInt32] = [],
-                indirect: Bool = false) throws -> RawResult {
+                indirect: Bool = false, bufferOffset: UInt64 = 0) throws -> RawResult {
     let s = submitRaw(r, header: requestHeader(type: type, sector: sector), out: out, inLengths: inLengths,
-                      indirect: indirect)
+                      indirect: indirect, bufferOffset: bufferOffset)
     guard let u = r.queue.waitUsed() else { throw TestSupportError("request type \(type) was never completed") }
     guard u.head == s.head else { throw TestSupportError("used head \(u.head), expected \(s.head)") }
     let data = s.ins.flatMap { r.ram.read($0.0, Int($0.1)) }
@@ -246,9 +252,12 @@ class ExportTestCase: XCTestCase {
         return Logger(label: "vdevd-test") { _ in CaptureLogHandler(store: store) }
     }
 
+    /// Entries of each poller's io_uring submission queue (its completion queue has four times as many).
+    var ringEntries: UInt32 = 1024
+
     func pollerGroup() throws -> PollerGroup {
         if let p = pollers { return p }
-        let p = try PollerGroup(count: 1)
+        let p = try PollerGroup(count: 1, ringEntries: ringEntries)
         pollers = p
         return p
     }

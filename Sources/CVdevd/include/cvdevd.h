@@ -42,6 +42,8 @@ int32_t vdv_uring_prep_fsync(vdv_uring *ring, int32_t fd, int32_t datasync, uint
 int32_t vdv_uring_prep_fallocate(vdv_uring *ring, int32_t fd, int32_t mode, uint64_t offset, uint64_t len,
                                  uint64_t user_data);
 int32_t vdv_uring_prep_nop(vdv_uring *ring, uint64_t user_data);
+// BLOCK_URING_CMD_DISCARD on a block device (Linux 6.12 and later): BLKDISCARD without blocking the poller.
+int32_t vdv_uring_prep_blk_discard(vdv_uring *ring, int32_t fd, uint64_t offset, uint64_t len, uint64_t user_data);
 uint32_t vdv_uring_sq_space_left(vdv_uring *ring);
 // Submits queued SQEs; returns the count or a negative errno.
 int32_t vdv_uring_submit(vdv_uring *ring);
@@ -114,6 +116,10 @@ int32_t vdv_memfd_create(const char *name);
 int64_t vdv_preadv(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset);
 int64_t vdv_pwritev(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset, uint32_t rw_flags);
 int32_t vdv_fdatasync(int32_t fd);
+// ioctl(BLKDISCARD) on a block device; 0 or -errno.
+int32_t vdv_blk_discard(int32_t fd, uint64_t offset, uint64_t len);
+// 1 if the running kernel's version is at least major.minor.
+int32_t vdv_kernel_at_least(int32_t major, int32_t minor);
 // fallocate(2); 0 or -errno.
 int32_t vdv_fallocate(int32_t fd, int32_t mode, uint64_t offset, uint64_t len);
 int32_t vdv_eventfd(uint32_t initval, int32_t nonblock);
