@@ -2,7 +2,7 @@
 # Installs what a fresh Debian 12 machine lacks to build vdevd and run its tests (needs root).
 # Swift itself is expected at /opt/swift (as on the project's machines).
 set -euo pipefail
-PKGS="liburing-dev libaio-dev qemu-system-x86 qemu-utils busybox-static cpio fio socat kmod iproute2 procps"
+PKGS="liburing-dev libaio-dev qemu-system-x86 qemu-utils busybox-static cpio fio socat kmod iproute2 procps e2fsprogs util-linux mount"
 missing=()
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

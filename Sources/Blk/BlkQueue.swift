@@ -28,6 +28,8 @@ struct BlkRequestSlot {
     var iovCount = 0
     /// Chunks of the queue's bounce buffer this request's data goes through (O_DIRECT, misaligned guest buffers).
     var bounce: BounceBuffer.Run? = nil
+    /// Failed to the driver at a stop while still at the device: the slot waits for the device's answer.
+    var abandoned = false
 }
 
 /// Serves one virtio-blk queue on its poller (virtio 1.3, 5.2.6): parses requests and submits them to the
@@ -46,6 +48,7 @@ final class BlkQueue: QueueHandler {
     private let slotCount: Int
     private var freeList: [UInt32]
     private(set) var inflight = 0
+    private(set) var abandonedInFlight = 0
     private var bounce = BounceBuffer()
     /// A request is back on the avail ring until a bounce buffer frees up (at a completion).
     private var waitingForBounce = false
@@ -323,6 +326,12 @@ final class BlkQueue: QueueHandler {
         guard Int(tag) < slotCount else { return }
         let s = slots + Int(tag)
         guard s.pointee.pending > 0 else { return }
+        if s.pointee.abandoned {
+            // The driver already has this request back (IOERR); the device is done with its buffers only now.
+            s.pointee.pending -= 1
+            if s.pointee.pending == 0 { release(tag: tag) }
+            return
+        }
         if s.pointee.expected > 0 {
             var done = result
             #if DEBUG
@@ -344,12 +353,7 @@ final class BlkQueue: QueueHandler {
         }
         s.pointee.pending -= 1
         if s.pointee.pending == 0 {
-            if let run = s.pointee.bounce {
-                if !s.pointee.failed && !s.pointee.isWrite { copyGuest(s, toBounce: false) }
-                bounce.give(run)
-                s.pointee.bounce = nil
-                waitingForBounce = false
-            }
+            if s.pointee.bounce != nil && !s.pointee.failed && !s.pointee.isWrite { copyGuest(s, toBounce: false) }
             if !s.pointee.failed && s.pointee.bytes > 0 {
                 stats.add(s.pointee.isWrite ? .writtenBytes : .readBytes, s.pointee.bytes)
             }
@@ -389,6 +393,13 @@ final class BlkQueue: QueueHandler {
 
     @inline(__always)
     private func finish(tag: UInt32, _ status: BlkStatus) {
+        returnToDriver(tag: tag, status)
+        release(tag: tag)
+    }
+
+    /// Writes the status and puts the chain on the used ring.
+    @inline(__always)
+    private func returnToDriver(tag: UInt32, _ status: BlkStatus) {
         let s = slots + Int(tag)
         if status != .ok {
             stats.add(.errors)
@@ -396,8 +407,43 @@ final class BlkQueue: QueueHandler {
         }
         s.pointee.status!.pointee = status.rawValue
         binding.complete(head: s.pointee.head, length: s.pointee.usedLength)
-        freeList.append(tag)
         inflight -= 1
+    }
+
+    /// The slot (and its bounce chunks) can carry another request.
+    @inline(__always)
+    private func release(tag: UInt32) {
+        let s = slots + Int(tag)
+        if let run = s.pointee.bounce {
+            bounce.give(run)
+            s.pointee.bounce = nil
+            waitingForBounce = false
+        }
+        if s.pointee.abandoned {
+            s.pointee.abandoned = false
+            abandonedInFlight -= 1
+        }
+        freeList.append(tag)
+    }
+
+    /// io_uring is asked to cancel each request still at the device (AIO cancels nothing reliably).
+    func cancelInFlight() {
+        guard case .uring(let r) = ring else { return }
+        for tag in 0..<UInt32(slotCount) where slots[Int(tag)].pending > 0 {
+            _ = r.cancel(userData: IORing.userData(slot: slotID, tag: tag))
+        }
+    }
+
+    func abandonInFlight() -> Int {
+        var n = 0
+        for tag in 0..<UInt32(slotCount) where slots[Int(tag)].pending > 0 && !slots[Int(tag)].abandoned {
+            slots[Int(tag)].abandoned = true
+            abandonedInFlight += 1
+            stats.add(.timedOut)
+            returnToDriver(tag: tag, .ioerr)
+            n += 1
+        }
+        return n
     }
 
     /// A chain with no writable byte cannot carry a status: return it with nothing written.

@@ -57,6 +57,15 @@ int32_t vdv_uring_submit_and_wait(vdv_uring *r, uint32_t wait_nr) {
     return rc;
 }
 
+int32_t vdv_uring_submit_and_wait_timeout(vdv_uring *r, uint32_t wait_nr, uint64_t timeout_us) {
+    struct __kernel_timespec ts = { .tv_sec = (long long)(timeout_us / 1000000),
+                                    .tv_nsec = (long long)(timeout_us % 1000000) * 1000 };
+    struct io_uring_cqe *cqe;
+    int rc;
+    do { rc = io_uring_submit_and_wait_timeout(&r->ring, &cqe, wait_nr, &ts, NULL); } while (rc == -EINTR);
+    return rc;
+}
+
 int32_t vdv_uring_limit_workers(vdv_uring *r, const int32_t *cpus, uint32_t ncpus, uint32_t max_bounded,
                                 uint32_t max_unbounded) {
     int32_t result = 0;

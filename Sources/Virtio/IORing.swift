@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CVdevd
 
 /// One io_uring, owned by one poller and shared by every blk queue on it. user_data carries
@@ -16,8 +19,9 @@ public final class IORing {
     let reapData = UnsafeMutablePointer<UInt64>.allocate(capacity: IORing.reapBatch)
     let reapRes = UnsafeMutablePointer<Int32>.allocate(capacity: IORing.reapBatch)
     /// user_data of the poll on the poller's epoll fd, and of cancel requests (whose results nobody needs).
-    static let tagWake: UInt64 = UInt64.max
-    static let tagCancel: UInt64 = UInt64.max - 1
+    /// UInt64.max itself is liburing's, for the timeout of a timed wait on kernels without EXT_ARG.
+    static let tagWake: UInt64 = UInt64.max - 1
+    static let tagCancel: UInt64 = UInt64.max - 2
     private var wakeArmed = false
     /// Set when the epoll poll completed: the poller has events to collect from its epoll.
     var wakeFired = false
@@ -103,13 +107,15 @@ public final class IORing {
         if rc >= 0 { queued = 0 }
     }
 
-    /// Sleeps until a completion arrives or `epollFD` has events (kicks, commands, host sockets).
-    func wait(epollFD: Int32) {
+    /// Sleeps until a completion arrives, `epollFD` has events (kicks, commands, host sockets), or (when given)
+    /// `timeoutMicros` pass.
+    func wait(epollFD: Int32, timeoutMicros: UInt64? = nil) {
         if !wakeArmed, vdv_uring_prep_poll_in(ring, epollFD, IORing.tagWake) == 0 {
             wakeArmed = true
             inFlight += 1
         }
-        if vdv_uring_submit_and_wait(ring, 1) >= 0 { queued = 0 }
+        let rc = timeoutMicros.map { vdv_uring_submit_and_wait_timeout(ring, 1, $0) } ?? vdv_uring_submit_and_wait(ring, 1)
+        if rc >= 0 || rc == -ETIME { queued = 0 }
     }
 
     /// Calls body for each completion of a block operation; returns how many there were.
@@ -121,7 +127,7 @@ public final class IORing {
             inFlight -= n
             for i in 0..<n {
                 let ud = reapData[i]
-                if ud >= IORing.tagCancel {
+                if ud >= IORing.tagCancel {  // the wake poll, cancels, liburing's own timeouts
                     if ud == IORing.tagWake {
                         wakeArmed = false
                         wakeFired = true

@@ -28,12 +28,22 @@ public final class Poller {
         var binding: QueueBinding
         var handler: QueueHandler
         var stopping: Completion<UInt16>?
+        /// When the stop was asked for, and whether in-flight requests were already asked to cancel.
+        var stopAskedAt: UInt64 = 0
+        var cancelled = false
         var broken = false
         /// Memory tables replaced while requests were in flight: their mappings stay until those complete.
         var retired: [GuestMemory] = []
     }
     private var slotsWithRetiredMemory = 0
     private var stoppingCount = 0
+    /// Stopped queues whose abandoned requests the device has not answered yet: their slot ids stay taken (late
+    /// completions still route to them) and their mappings stay alive until it does.
+    private var zombies: [Slot] = []
+    /// How long a stopping queue waits for requests at the device before cancelling them, and then before
+    /// failing what is left.
+    public let stopTimeoutMicros: UInt64
+    var cancelGraceMicros: UInt64 { max(1, stopTimeoutMicros / 4) }
     private var slots: [Slot?] = []
     /// The queues served on each pass, without reference counting (`slots` holds the references).
     private struct Active {
@@ -55,6 +65,7 @@ public final class Poller {
         case exit
     }
 
+    public static let defaultStopTimeoutMicros: UInt64 = 10_000_000
     static let tagControl: UInt64 = 1 << 62
     static let tagAIO: UInt64 = 1 << 62 | 2
     static let tagWatcher: UInt64 = 1 << 61
@@ -108,8 +119,9 @@ public final class Poller {
     public private(set) var threadID: Int32 = 0
 
     public init(id: Int, cpu: Int32? = nil, pollMicroseconds: UInt64 = 0, ringEntries: UInt32 = 1024,
-                workers: IOWorkers = IOWorkers()) throws {
+                workers: IOWorkers = IOWorkers(), stopTimeoutMicros: UInt64 = Poller.defaultStopTimeoutMicros) throws {
         self.id = id
+        self.stopTimeoutMicros = stopTimeoutMicros
         self.workers = workers
         self.cpu = cpu
         self.pollMicroseconds = pollMicroseconds
@@ -238,6 +250,7 @@ public final class Poller {
             aio?.submit()
             for a in active { a.binding.flush() }
             if stoppingCount > 0 { finishStopping() }
+            if !zombies.isEmpty { releaseZombies() }
             if slotsWithRetiredMemory > 0 { releaseRetiredMemory() }
             let now = monotonicMicros()
             if guestWork { spin.work(at: now) }
@@ -257,7 +270,8 @@ public final class Poller {
             setNotifications(enabled: true)
             sleeping = true
             if anyPending() || vdv_load_relaxed_u8(commandsPending) != 0 { continue }
-            ioRing.wait(epollFD: epfd)
+            // A stopping queue waits for the device only so long: wake to cancel, or fail, what is left.
+            ioRing.wait(epollFD: epfd, timeoutMicros: stoppingCount > 0 || !zombies.isEmpty ? 100_000 : nil)
         }
         // Exit: nothing may be left running; drain what is in flight.
         for a in active { if let slot = slots[a.slot] { removeFromEpoll(slot) } }
@@ -297,7 +311,8 @@ public final class Poller {
         for c in takenCommands {
             switch c {
             case .attach(let binding, let make, let done):
-                let id = slots.firstIndex(where: { $0 == nil }) ?? slots.count
+                // A slot id is free once nothing can complete to it any more (zombies keep theirs).
+                let id = slots.indices.first(where: { slots[$0] == nil && completionTargets[$0] == nil }) ?? slots.count
                 guard id < Int(UInt16.max) else {
                     done.fulfill(.failure(SystemError("attach", errno: ENOSPC)))
                     continue
@@ -320,6 +335,7 @@ public final class Poller {
             case .detach(let id, let done):
                 if Int(id) < slots.count, slots[Int(id)] != nil, slots[Int(id)]!.stopping == nil {
                     slots[Int(id)]!.stopping = done
+                    slots[Int(id)]!.stopAskedAt = monotonicMicros()
                     stoppingCount += 1
                 } else {
                     done.fulfill(0)
@@ -357,24 +373,50 @@ public final class Poller {
         }
     }
 
-    /// Queues asked to stop leave once their in-flight requests have completed and been published.
+    /// Queues asked to stop leave once their in-flight requests have completed and been published. A device that
+    /// does not answer holds them only `stopTimeoutMicros`: then what is in flight is cancelled, and after a grace
+    /// what is still there is failed to the driver with IOERR.
     private func finishStopping() {
         var i = 0
+        let now = monotonicMicros()
         while i < active.count {
             let s = active[i].slot
+            if let slot = slots[s], slot.stopping != nil, slot.handler.inflight > 0 {
+                let waited = now &- slot.stopAskedAt
+                if !slot.cancelled && waited >= stopTimeoutMicros {
+                    slots[s]!.cancelled = true
+                    slot.binding.report("\(slot.handler.inflight) request(s) still at the device \(waited / 1000) ms after the queue was asked to stop: cancelling them")
+                    slot.handler.cancelInFlight()
+                    ioRing.submit()
+                } else if slot.cancelled && waited >= stopTimeoutMicros + cancelGraceMicros {
+                    let n = slot.handler.abandonInFlight()
+                    slot.binding.report("\(n) request(s) the device did not give back failed with IOERR; their buffers stay reserved until it does")
+                }
+            }
             if let slot = slots[s], let done = slot.stopping, slot.handler.inflight == 0 {
                 slot.binding.flush()
                 removeFromEpoll(slot)
                 if !slot.retired.isEmpty { slotsWithRetiredMemory -= 1 }
                 stoppingCount -= 1
                 active.remove(at: i)
-                completionTargets[s] = nil
+                if slot.handler.abandonedInFlight > 0 { zombies.append(slot) } else { completionTargets[s] = nil }
                 slots[s] = nil
                 slot.handler.detached()
                 done.fulfill(slot.binding.vq.lastAvailIdx)
                 continue
             }
             i += 1
+        }
+    }
+
+    /// Stopped queues whose abandoned requests have all come back free their slot ids and mappings.
+    private func releaseZombies() {
+        zombies.removeAll { z in
+            guard z.handler.abandonedInFlight == 0 else { return false }
+            if let i = completionTargets.indices.first(where: { completionTargets[$0]?.handler === z.handler }) {
+                completionTargets[i] = nil
+            }
+            return true
         }
     }
 

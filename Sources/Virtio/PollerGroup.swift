@@ -6,13 +6,14 @@ public final class PollerGroup {
     public let workers: IOWorkers
 
     public init(count: Int, cpus: [Int32] = [], pollMicroseconds: UInt64 = 0,
-                maxWorkers: UInt32 = IOWorkers.defaultMaxBounded, ringEntries: UInt32 = 1024) throws {
+                maxWorkers: UInt32 = IOWorkers.defaultMaxBounded, ringEntries: UInt32 = 1024,
+                stopTimeoutMicros: UInt64 = Poller.defaultStopTimeoutMicros) throws {
         let n = max(1, count)
         workers = IOWorkers(cpus: IOWorkers.sparing(pollerCPUs: Array(cpus.prefix(n))), maxBounded: maxWorkers)
         var ps: [Poller] = []
         for i in 0..<n {
             ps.append(try Poller(id: i, cpu: i < cpus.count ? cpus[i] : nil, pollMicroseconds: pollMicroseconds,
-                                 ringEntries: ringEntries, workers: workers))
+                                 ringEntries: ringEntries, workers: workers, stopTimeoutMicros: stopTimeoutMicros))
         }
         pollers = ps
         for p in pollers { p.start() }

@@ -8,6 +8,8 @@ public final class QueueBinding {
     public let stats: QueueStats
     /// Called on the poller thread when the guest broke a ring rule and the queue stopped.
     public let onError: (Error) -> Void
+    /// Where the poller tells the operator about this queue (requests cancelled at a stop); any thread.
+    public var report: (String) -> Void = { _ in }
     private var unpublished = 0
 
     public init(name: String, vq: SplitVirtqueue, kick: EventFD?, call: EventFD?, stats: QueueStats,

@@ -38,10 +38,21 @@ public protocol QueueHandler: AnyObject {
     /// Whether process() has something to do now; checked after notifications are armed, before sleeping.
     /// A queue whose avail entries wait for an outside event (vsock rx buffers) answers false for them.
     func hasPendingWork() -> Bool
+    /// The queue must stop and requests are still at the device past the stop timeout: ask the engine to cancel
+    /// them (the ones it cancels complete with an error as usual).
+    func cancelInFlight()
+    /// Still not back after the cancel: fail every request left with IOERR to the driver now. Their buffers stay
+    /// reserved until the device does answer (`abandonedInFlight`). Returns how many were failed.
+    func abandonInFlight() -> Int
+    /// Requests failed by abandonInFlight whose completion has not come back from the device yet.
+    var abandonedInFlight: Int { get }
 }
 
 extension QueueHandler {
     public func detached() {}
+    public func cancelInFlight() {}
+    public func abandonInFlight() -> Int { 0 }
+    public var abandonedInFlight: Int { 0 }
 }
 
 /// Something with an fd in a poller's epoll (a host socket of a vsock connection, a listener).

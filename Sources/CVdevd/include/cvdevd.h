@@ -31,6 +31,8 @@ int32_t vdv_uring_prep_poll_in(vdv_uring *ring, int32_t fd, uint64_t user_data);
 int32_t vdv_uring_prep_cancel(vdv_uring *ring, uint64_t target, uint64_t user_data);
 // Submits what is queued and sleeps until at least wait_nr completions are ready.
 int32_t vdv_uring_submit_and_wait(vdv_uring *ring, uint32_t wait_nr);
+// The same, giving up after timeout_us (-ETIME).
+int32_t vdv_uring_submit_and_wait_timeout(vdv_uring *ring, uint32_t wait_nr, uint64_t timeout_us);
 // io-wq workers: on these CPUs (ncpus 0: left as they are) and at most this many (0: left as it is).
 // 0, or the first -errno.
 int32_t vdv_uring_limit_workers(vdv_uring *ring, const int32_t *cpus, uint32_t ncpus, uint32_t max_bounded,

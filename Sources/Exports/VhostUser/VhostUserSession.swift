@@ -348,6 +348,7 @@ final class VhostUserSession {
             log.error("queue \(i) stopped: \(e)")
             err?.signal()
         }
+        binding.report = { log.warning("queue \(i): \($0)") }
         // Devices whose queues share state (vsock) keep all of them on one poller.
         let poller: Poller
         if device.queuesSharePoller {
