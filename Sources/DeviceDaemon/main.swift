@@ -39,6 +39,9 @@ struct VdevdCommand: ParsableCommand {
     @Option(name: .customLong("io-workers"), help: "Most io_uring worker threads per poller, for I/O the kernel cannot start without blocking; they run on the CPUs no poller is pinned to.")
     var ioWorkers: UInt32 = IOWorkers.defaultMaxBounded
 
+    @Option(name: .customLong("stop-timeout-ms"), help: "How long stopping a queue (GET_VRING_BASE, a disconnect, SIGTERM) waits for requests at the device before cancelling them; a quarter of it later, what is left fails with IOERR.")
+    var stopTimeoutMilliseconds: UInt64 = Poller.defaultStopTimeoutMicros / 1000
+
     @Option(name: .customLong("poll-us"), help: "Microseconds a poller keeps spinning after its last work before it sleeps (0 = sleep at once).")
     var pollMicroseconds: UInt64 = 50
 
@@ -49,6 +52,10 @@ struct VdevdCommand: ParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else { usageError("--log-level: unknown level '\(logLevel)'") }
         guard !exports.isEmpty else { usageError("nothing to serve: give at least one --export (see --help)") }
         guard (1...64).contains(pollers) else { usageError("--pollers: expected 1...64, got \(pollers)") }
+        guard (1...1024).contains(ioWorkers) else { usageError("--io-workers: expected 1...1024, got \(ioWorkers)") }
+        guard (1...3_600_000).contains(stopTimeoutMilliseconds) else {
+            usageError("--stop-timeout-ms: expected 1...3600000, got \(stopTimeoutMilliseconds)")
+        }
         var cpuList: [Int32] = []
         if let cpus {
             for c in cpus.split(separator: ",") {
@@ -78,7 +85,7 @@ struct VdevdCommand: ParsableCommand {
 
         let group: PollerGroup
         do { group = try PollerGroup(count: pollers, cpus: cpuList, pollMicroseconds: pollMicroseconds,
-                                     maxWorkers: ioWorkers) } catch {
+                                     maxWorkers: ioWorkers, stopTimeoutMicros: stopTimeoutMilliseconds * 1000) } catch {
             logger.critical("cannot start pollers: \(error)")
             throw ExitCode(1)
         }
