@@ -4,6 +4,8 @@ import CVdevd
 public final class QueueStats {
     public enum Counter: Int, CaseIterable {
         case requests, readBytes, writtenBytes, flushes, discards, errors, unsupported, notifications, kicks
+        /// A device's flow found making no progress while work was pending (vsock's stall detector).
+        case stalls
     }
     private let storage = UnsafeMutablePointer<UInt64>.allocate(capacity: Counter.allCases.count)
     public init() { storage.initialize(repeating: 0, count: Counter.allCases.count) }

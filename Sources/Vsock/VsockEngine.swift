@@ -25,6 +25,7 @@ final class VsockEngine: FDWatcher {
     var pendingBytes = 0
     var stalled: [VsockConnection] = []
     var listenerToken: UInt64?
+    var timer: VsockConnectionTimer?
     var resetEventDue: Bool
     var failure: Error?
     var nextHostPort: UInt32 = 1 << 30
@@ -62,6 +63,10 @@ final class VsockEngine: FDWatcher {
         // Host connections are taken once the guest can answer them (rx and tx both running).
         if listenerToken == nil && rx != nil && tx != nil {
             listenerToken = try? poller.watch(fd: device.listenFD, events: UInt32(VDV_EPOLLIN), self)
+            if timer == nil {
+                timer = VsockConnectionTimer(engine: self, stallTimeoutMs: device.options.stallTimeoutMs)
+                timer?.start(on: poller)
+            }
         }
     }
 
@@ -78,6 +83,8 @@ final class VsockEngine: FDWatcher {
         if let t = listenerToken { poller.unwatch(fd: device.listenFD, token: t) }
         listenerToken = nil
         listenerPaused = false
+        timer?.stop(on: poller)
+        timer = nil
         pending.removeAll()
         pendingStart = 0
         pendingBytes = 0
@@ -256,6 +263,7 @@ final class VsockEngine: FDWatcher {
             return false
         }
         connections[c.key] = c
+        timer?.arm(true)
         return true
     }
 
@@ -264,6 +272,7 @@ final class VsockEngine: FDWatcher {
     private func guestData(_ c: VsockConnection, _ h: VsockHeader) {
         let len = Int(h.len)
         tx!.stats.add(.writtenBytes, UInt64(len))
+        c.rxCnt &+= UInt32(truncatingIfNeeded: len)
         if c.type == .seqpacket {
             guard c.seqIn.count + len <= VsockOptions.maxSeqpacketMessage,
                   c.unsentBytes + c.seqIn.count + len <= Int(c.bufAlloc) else { return violation(c, "seqpacket over credit") }
