@@ -57,6 +57,14 @@ final class VsockConnection: FDWatcher {
     var hostShutWrDone = false
     var pausedForRx = false
     var pausedForCredit = false
+    /// A CREDIT_UPDATE for this connection waits in the engine's queue (one at a time: it carries the
+    /// counters current when it reaches an rx buffer, not when it was queued).
+    var creditUpdateQueued = false
+    /// On the engine's list of connections whose freed space is told at the end of the pass.
+    var creditDue = false
+    /// When we last asked the guest for its counters (CREDIT_REQUEST) while paused for credit, in
+    /// monotonic microseconds; 0 when not asked since the pause began.
+    var creditRequestedAt: UInt64 = 0
     /// The guest's rx buffers split the header over descriptors: use the one-buffer path.
     var splitHeaders = false
     /// Our buf_alloc for this connection: tx-buffer-size, or less for SEQPACKET when the host socket cannot

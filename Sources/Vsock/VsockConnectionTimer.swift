@@ -4,8 +4,8 @@ import Glibc
 import CVdevd
 import Virtio
 
-/// The engine's clock: a timerfd on its poller, ticking only while connections exist. Each tick looks for
-/// stalled connections: a connection with work
+/// The engine's clock: a timerfd on its poller, ticking only while connections exist. Each tick asks guests
+/// that owe us credit again (CREDIT_REQUEST) and looks for stalled connections: a connection with work
 /// pending and no progress for the stall timeout is logged once with its state and counted (`stalls` in the
 /// tx queue's stats), so a stall in the field leaves evidence (issue 8).
 final class VsockConnectionTimer: FDWatcher {
@@ -23,8 +23,10 @@ final class VsockConnectionTimer: FDWatcher {
         self.engine = engine
         self.fd = fd
         stallTimeoutMicros = UInt64(stallTimeoutMs) * 1000
-        // A stall is reported between 1 and 1.25 timeouts after it began.
-        intervalMs = stallTimeoutMs == 0 ? 1000 : max(10, stallTimeoutMs / 4)
+        // A stall is reported between 1 and 1.25 timeouts after it began; credit is asked for again at least
+        // every creditRequestInterval.
+        let credit = UInt32(VsockOptions.creditRequestIntervalMicros / 1000)
+        intervalMs = stallTimeoutMs == 0 ? credit : max(10, min(stallTimeoutMs / 4, credit))
     }
 
     func start(on poller: Poller) {
@@ -65,6 +67,7 @@ extension VsockEngine {
             timer?.arm(false)
             return
         }
+        for c in connections.values where c.pausedForCredit { askForCredit(c, now: now) }
         if stallTimeout > 0 { checkStalls(now: now, timeout: stallTimeout) }
     }
 

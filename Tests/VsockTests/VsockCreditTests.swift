@@ -169,3 +169,36 @@ final class VsockCreditTests: VsockTestCase {
         XCTAssertEqual(p.header.len, 0)
     }
 }
+
+/// Issue 8: credit the guest has but has not reported must not stop a flow for good.
+final class VsockCreditRequestTests: VsockTestCase {
+    /// Linux reports what its reader consumed only once less than 64 KiB of its buffer would stay unreported,
+    /// and a reader blocked writing sends nothing else that carries its fwd_cnt. The device, paused for
+    /// credit with host data waiting, asks (CREDIT_REQUEST, 5.10.6.3) and the flow moves on.
+    func testDevicePausedForCreditAsksTheGuestThatReadWithoutTelling() throws {
+        let s = try serve(cid: 3)
+        let d = try guest(s)
+        let lfd = try listen(s.portPath(5000))
+        let (c, h) = try open(d, lfd, port: 5000, localPort: 400)
+        c.consuming = false
+        let down = pattern(1 << 20, seed: 51)
+        let writer = Background { try Host.writeAll(h, down) }
+        XCTAssertTrue(d.wait(timeout: 20) { c.totalReceived >= Int(d.bufAlloc) }, "the guest's buffer filled")
+
+        // The program reads 100 KiB; its kernel keeps quiet (more than 64 KiB would stay unreported).
+        c.fwdCnt = 100 * 1024
+        let moved = d.wait(timeout: 20) { c.totalReceived >= Int(d.bufAlloc) + 100 * 1024 }
+        XCTAssertTrue(moved, "the device never learned of the 100 KiB the guest read: stuck at \(c.totalReceived) bytes")
+        try barrier(d, c)
+        XCTAssertEqual(c.totalReceived, Int(d.bufAlloc) + 100 * 1024, "exactly the credit the guest had, no more")
+        XCTAssertEqual(c.received, Array(down[0..<c.received.count]))
+
+        // The reader catches up and reports as it goes: the rest arrives byte-exact.
+        c.consuming = true
+        try d.consume(c)
+        XCTAssertTrue(d.wait(timeout: 60) { c.received.count >= down.count })
+        try writer.wait()
+        XCTAssertEqual(checksum(c.received), checksum(down))
+        XCTAssertFalse(c.reset)
+    }
+}
