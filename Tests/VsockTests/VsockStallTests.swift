@@ -145,15 +145,18 @@ final class VsockStallTests: VsockTestCase {
         let writers = (0..<flowCount).map { i in Background { try Host.writeAll(hostFDs[i], down[i]) } }
         let readers = (0..<flowCount).map { i in Background { try Host.readExactly(hostFDs[i], flowSize) } }
 
-        // The guest's echo program works like socat (8 KiB blocks): it writes a block (blocking until credit lets all of it
-        // out), then reads up to a block of the echo, and so on; while a write blocks it reads nothing. Its
+        // The guest's echo program works like socat: it writes an 8 KiB block (blocking until credit lets all of
+        // it out), then reads what the echo brought (up to its read size), and so on; while a write blocks it
+        // reads nothing, and sends nothing that would tell the device what it read. Its
         // kernel reports what was read the way Linux does: only once less than 64 KiB of the buffer is left
         // unreported (virtio_transport_stream_do_dequeue), and on CREDIT_REQUEST.
         ec.consuming = false
         var echoBlock = 0
         var echoConsumed = 0
+        // Programs read with buffers of different sizes (socat 8 KiB, others up to 128 KiB).
+        let readSize = 8192 << rng.below(5)
         func appRead() {
-            let k = min(8192, ec.totalReceived - echoConsumed)
+            let k = min(readSize, ec.totalReceived - echoConsumed)
             guard k > 0 else { return }
             echoConsumed += k
             ec.fwdCnt = UInt32(truncatingIfNeeded: echoConsumed)
