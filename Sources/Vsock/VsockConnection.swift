@@ -65,6 +65,8 @@ final class VsockConnection: FDWatcher {
     /// When we last asked the guest for its counters (CREDIT_REQUEST) while paused for credit, in
     /// monotonic microseconds; 0 when not asked since the pause began.
     var creditRequestedAt: UInt64 = 0
+    /// How long after the last CREDIT_REQUEST the next one goes (doubles while the pause lasts).
+    var creditRequestBackoff: UInt64 = 0
     /// The guest's rx buffers split the header over descriptors: use the one-buffer path.
     var splitHeaders = false
     /// Our buf_alloc for this connection: tx-buffer-size, or less for SEQPACKET when the host socket cannot

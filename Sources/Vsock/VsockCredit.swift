@@ -61,10 +61,15 @@ extension VsockEngine {
 
     /// Paused for credit: ask the guest for its counters (5.10.6.3, CREDIT_REQUEST). Linux reports what its
     /// reader consumed only once less than 64 KiB of its buffer is unreported, so a reader that stopped
-    /// (blocked writing to us, say) may hold credit we would never hear of. Asked again every
-    /// `creditRequestInterval` while the pause lasts (issue 8).
+    /// (blocked writing to us, say) may hold credit we would never hear of (issue 8). Asked at the pause,
+    /// then after 200 ms, 400 ms, ... up to every 3.2 s while the pause lasts.
     func askForCredit(_ c: VsockConnection, now: UInt64 = monotonicMicros()) {
-        guard c.creditRequestedAt == 0 || now &- c.creditRequestedAt >= VsockOptions.creditRequestIntervalMicros else { return }
+        if c.creditRequestedAt != 0 {
+            guard now &- c.creditRequestedAt >= c.creditRequestBackoff else { return }
+            c.creditRequestBackoff = min(c.creditRequestBackoff * 2, 16 * VsockOptions.creditRequestIntervalMicros)
+        } else {
+            c.creditRequestBackoff = VsockOptions.creditRequestIntervalMicros
+        }
         c.creditRequestedAt = now
         queueControl(c, .creditRequest)
     }

@@ -33,6 +33,7 @@ public struct VsockOptions: Equatable {
     /// longer than `connectLineTimeout` seconds are closed to make room.
     public static var maxAwaitingConnectLine = 256
     public static var connectLineTimeout = 10.0
-    /// While a connection waits for the guest's credit, the guest is asked for it (CREDIT_REQUEST) this often.
+    /// While a connection waits for the guest's credit, the guest is asked for it (CREDIT_REQUEST) again after
+    /// this long, then twice as long each time, up to 16 times this.
     public static let creditRequestIntervalMicros: UInt64 = 200_000
 }
