@@ -62,8 +62,8 @@ final class VsockConnection: FDWatcher {
     var creditUpdateQueued = false
     /// On the engine's list of connections whose freed space is told at the end of the pass.
     var creditDue = false
-    /// When we last asked the guest for its counters (CREDIT_REQUEST) while paused for credit, in
-    /// monotonic microseconds; 0 when not asked since the pause began.
+    /// Paused for credit: when the pause began or we last asked the guest for its counters (CREDIT_REQUEST),
+    /// in monotonic microseconds; 0 when not paused.
     var creditRequestedAt: UInt64 = 0
     /// How long after the last CREDIT_REQUEST the next one goes (doubles while the pause lasts).
     var creditRequestBackoff: UInt64 = 0

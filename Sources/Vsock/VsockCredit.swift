@@ -61,15 +61,18 @@ extension VsockEngine {
 
     /// Paused for credit: ask the guest for its counters (5.10.6.3, CREDIT_REQUEST). Linux reports what its
     /// reader consumed only once less than 64 KiB of its buffer is unreported, so a reader that stopped
-    /// (blocked writing to us, say) may hold credit we would never hear of (issue 8). Asked at the pause,
-    /// then after 200 ms, 400 ms, ... up to every 3.2 s while the pause lasts.
+    /// (blocked writing to us, say) may hold credit we would never hear of (issue 8). A guest that reads
+    /// resumes us on its own well before: the first request goes 200 ms into the pause (the connection
+    /// timer's ticks), the next ones 400 ms, 800 ms, ... up to 3.2 s apart while the pause lasts.
     func askForCredit(_ c: VsockConnection, now: UInt64 = monotonicMicros()) {
-        if c.creditRequestedAt != 0 {
-            guard now &- c.creditRequestedAt >= c.creditRequestBackoff else { return }
-            c.creditRequestBackoff = min(c.creditRequestBackoff * 2, 16 * VsockOptions.creditRequestIntervalMicros)
-        } else {
+        guard c.creditRequestedAt != 0 else {
+            // The pause begins: the clock starts, nothing is sent yet.
+            c.creditRequestedAt = now
             c.creditRequestBackoff = VsockOptions.creditRequestIntervalMicros
+            return
         }
+        guard now &- c.creditRequestedAt >= c.creditRequestBackoff else { return }
+        c.creditRequestBackoff = min(c.creditRequestBackoff * 2, 16 * VsockOptions.creditRequestIntervalMicros)
         c.creditRequestedAt = now
         queueControl(c, .creditRequest)
     }
