@@ -67,8 +67,6 @@ final class VsockConnection: FDWatcher {
     var creditRequestedAt: UInt64 = 0
     /// How long after the last CREDIT_REQUEST the next one goes (doubles while the pause lasts).
     var creditRequestBackoff: UInt64 = 0
-    /// The guest's rx buffers split the header over descriptors: use the one-buffer path.
-    var splitHeaders = false
     /// Our buf_alloc for this connection: tx-buffer-size, or less for SEQPACKET when the host socket cannot
     /// take a message that large (the guest then refuses bigger messages with EMSGSIZE).
     var bufAlloc: UInt32 = 0

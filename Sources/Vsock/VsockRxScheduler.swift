@@ -4,8 +4,9 @@ import Glibc
 import CVdevd
 import Virtio
 
-/// Everything that goes into the guest's rx buffers: queued control and relayed packets first, then host
-/// data of the connections that wait for buffers.
+/// Everything that goes into the guest's rx buffers, scheduled in one place (fillRx): queued control and
+/// relayed packets first (flushToGuest), then host data of the connections that wait for buffers
+/// (pumpHostToGuest -> fillChains, one writer whether the bytes come from the socket or are already held).
 extension VsockEngine {
     /// The one way into rx buffers: queued packets first, in order, then the connections waiting for
     /// buffers, in turn (each reads its host socket for as much as its credit and the buffers allow).
@@ -132,94 +133,58 @@ extension VsockEngine {
                 case .failed: return hostGone(c)
                 }
             }
-            if c.type == .stream && !hasEarly && !c.splitHeaders {
-                switch pumpStreamBatch(c, rx, credit: credit) {
-                case .progress: continue
-                case .wouldBlock: return
-                case .noBuffers:
-                    waitForRx(c)
-                    return
-                case .eof: return hostClosed(c)
-                case .hostError: return hostGone(c)
-                case .splitHeader: c.splitHeaders = true
-                case .failed: return
-                }
-            }
-            guard let head = (try? rx.vq.popHead()) ?? nil else {
+            // Bytes already held (the CONNECT line's leftovers, a SEQPACKET message) go first, then the socket.
+            let source: HostBytes = hasEarly ? .early : hasSeq ? .message : .socket
+            switch fillChains(c, rx, credit: credit, from: source) {
+            case .progress: continue
+            case .wouldBlock: return
+            case .noBuffers:
                 waitForRx(c)
                 return
+            case .eof: return hostClosed(c)
+            case .hostError: return hostGone(c)
+            case .failed: return
             }
-            do { try rx.vq.readChain(head: head, into: &rxSegs) } catch { return fail(error) }
-            let room = Int(rxSegs.writableBytes) - VsockLayout.headerSize
-            guard rxSegs.readableCount == 0, room > 0 else { return fail(VirtqueueError.tooManySegments) }
-            let want = min(room, Int(credit))
-            var h = header(for: c, op: .rw)
-            var n = 0
-            if hasEarly {
-                n = min(want, c.early.count)
-                c.early.withUnsafeBytes { _ = rxSegs.copyToWritable(offset: VsockLayout.headerSize, from: $0.baseAddress!, length: n) }
-                c.early.removeFirst(n)
-            } else if hasSeq {
-                n = min(want, c.seqPending.count - c.seqPendingOffset)
-                c.seqPending.withUnsafeBytes {
-                    _ = rxSegs.copyToWritable(offset: VsockLayout.headerSize, from: $0.baseAddress! + c.seqPendingOffset, length: n)
-                }
-                c.seqPendingOffset += n
-                if c.seqPendingOffset == c.seqPending.count {
-                    h.flags = VsockLayout.seqEOM | VsockLayout.seqEOR
-                    c.seqPending = []
-                    c.seqPendingOffset = 0
-                }
-            } else {
-                guard let k = rxSegs.slice(writable: true, offset: VsockLayout.headerSize, length: want, into: iov, outCapacity: 64) else {
-                    rx.vq.unpop()
-                    return
-                }
-                let r = Glibc.readv(c.fd, iov, Int32(k))
-                if r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
-                    rx.vq.unpop()
-                    return
-                }
-                if r <= 0 {
-                    rx.vq.unpop()
-                    return r == 0 ? hostClosed(c) : hostGone(c)
-                }
-                n = r
-            }
-            h.len = UInt32(n)
-            c.txCnt &+= UInt32(n)
-            h.fwdCnt = c.fwdCnt
-            told(c, h)
-            h.write(to: hdr)
-            _ = rxSegs.copyToWritable(offset: 0, from: hdr, length: VsockLayout.headerSize)
-            rx.complete(head: head, length: UInt32(VsockLayout.headerSize + n))
-            rx.stats.add(.readBytes, UInt64(n))
         }
     }
 
-    enum PumpResult { case progress, wouldBlock, noBuffers, eof, hostError, splitHeader, failed }
+    enum PumpResult { case progress, wouldBlock, noBuffers, eof, hostError, failed }
 
-    /// Stream data: one readv fills several rx buffers at once (guests post small ones, 4 KiB for Linux),
-    /// each buffer's header written after; buffers the read did not reach go back on the ring.
-    func pumpStreamBatch(_ c: VsockConnection, _ rx: QueueBinding, credit: UInt32) -> PumpResult {
+    /// Where a connection's next bytes for the guest come from.
+    enum HostBytes { case socket, early, message }
+
+    /// A connection's data into rx buffers: as many chains as credit allows (guests post small buffers,
+    /// 4 KiB for Linux) filled by one readv from the host socket, or by one copy of bytes already held, each
+    /// chain's header written after. A chain whose header does not sit whole in its first segment (virtio
+    /// 2.6.4: any layout is allowed) goes alone, its header written through the chain's segments. Chains the
+    /// data did not reach go back on the ring.
+    func fillChains(_ c: VsockConnection, _ rx: QueueBinding, credit: UInt32, from source: HostBytes) -> PumpResult {
         var chains = 0, iovCount = 0, room = 0
-        let maxBytes = Int(min(credit, 1 << 20))
-        while chains < VsockEngine.batchChains && room < maxBytes && iovCount < 60 {
+        var maxBytes = Int(min(credit, 1 << 20))
+        switch source {
+        case .socket: break
+        case .early: maxBytes = min(maxBytes, c.early.count)
+        case .message: maxBytes = min(maxBytes, c.seqPending.count - c.seqPendingOffset)
+        }
+        var alone = false
+        while chains < VsockEngine.batchChains && room < maxBytes && iovCount < 60 && !alone {
             guard let head = (try? rx.vq.popHead()) ?? nil else { break }
             do { try rx.vq.readChain(head: head, into: &rxSegs) } catch {
                 fail(error)
                 return .failed
             }
             let space = min(Int(rxSegs.writableBytes) - VsockLayout.headerSize, maxBytes - room)
-            // The header must sit in the first writable segment to be filled in after the read.
-            guard rxSegs.readableCount == 0, space > 0, rxSegs.iov[0].iov_len >= VsockLayout.headerSize,
+            let split = rxSegs.iov[0].iov_len < VsockLayout.headerSize
+            guard rxSegs.readableCount == 0, space > 0, !(split && chains > 0),
                   let k = rxSegs.slice(writable: true, offset: VsockLayout.headerSize, length: space,
                                        into: iov + iovCount, outCapacity: 64 - iovCount) else {
-                // Another buffer layout (virtio 2.6.4: any split is allowed): the one-buffer path copes.
                 rx.vq.unpop()
-                if chains == 0 { return .splitHeader }
-                break
+                if chains > 0 { break }
+                // A chain we cannot use at all: no room for a header and data, or device-readable parts.
+                fail(VirtqueueError.tooManySegments)
+                return .failed
             }
+            alone = split
             batchHeads[chains] = head
             batchHeaders[chains] = rxSegs.iov[0].iov_base!
             batchRoom[chains] = space
@@ -228,11 +193,27 @@ extension VsockEngine {
             chains += 1
         }
         guard chains > 0 else { return .noBuffers }
-        let r = Glibc.readv(c.fd, iov, Int32(iovCount))
-        if r <= 0 {
-            for _ in 0..<chains { rx.vq.unpop() }
-            if r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return .wouldBlock }
-            return r == 0 ? .eof : .hostError
+        var r = 0
+        switch source {
+        case .socket:
+            r = Glibc.readv(c.fd, iov, Int32(iovCount))
+            if r <= 0 {
+                for _ in 0..<chains { rx.vq.unpop() }
+                if r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return .wouldBlock }
+                return r == 0 ? .eof : .hostError
+            }
+        case .early:
+            r = c.early.withUnsafeBytes { copyToIov($0.baseAddress!, room, iovCount) }
+            c.early.removeFirst(r)
+        case .message:
+            r = c.seqPending.withUnsafeBytes { copyToIov($0.baseAddress! + c.seqPendingOffset, room, iovCount) }
+            c.seqPendingOffset += r
+        }
+        // The last fragment of a SEQPACKET message carries EOM (5.10.6.6.1).
+        let eom = source == .message && c.seqPendingOffset == c.seqPending.count
+        if eom {
+            c.seqPending = []
+            c.seqPendingOffset = 0
         }
         var left = r
         var used = 0
@@ -240,8 +221,15 @@ extension VsockEngine {
             let n = min(left, batchRoom[used])
             var h = header(for: c, op: .rw)
             h.len = UInt32(n)
+            if eom && left == n { h.flags = VsockLayout.seqEOM | VsockLayout.seqEOR }
             told(c, h)
-            h.write(to: batchHeaders[used])
+            if alone {
+                // (alone means one chain, still described by rxSegs)
+                h.write(to: hdr)
+                _ = rxSegs.copyToWritable(offset: 0, from: hdr, length: VsockLayout.headerSize)
+            } else {
+                h.write(to: batchHeaders[used])
+            }
             rx.complete(head: batchHeads[used], length: UInt32(VsockLayout.headerSize + n))
             left -= n
             used += 1
@@ -250,5 +238,18 @@ extension VsockEngine {
         c.txCnt &+= UInt32(r)
         rx.stats.add(.readBytes, UInt64(r))
         return .progress
+    }
+
+    /// Copies `count` bytes into the first `iovCount` entries of `iov`, in order; returns how many fitted.
+    private func copyToIov(_ src: UnsafeRawPointer, _ count: Int, _ iovCount: Int) -> Int {
+        var done = 0
+        var i = 0
+        while done < count && i < iovCount {
+            let n = min(count - done, iov[i].iov_len)
+            iov[i].iov_base.copyMemory(from: src + done, byteCount: n)
+            done += n
+            i += 1
+        }
+        return done
     }
 }
