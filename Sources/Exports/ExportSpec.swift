@@ -37,6 +37,7 @@ public struct ExportSpec: Equatable {
             Key(name: "socket", help: "vhost-user socket to create", required: true),
             Key(name: "uds-path", help: "host side: CONNECT <port> here; <path>_<P>", required: true),
             Key(name: "tx-buffer-size", help: "bytes buffered per connection (262144)", required: false),
+            Key(name: "stall-timeout-ms", help: "log a connection stuck this long, 0 off (5000)", required: false),
             Key(name: "groups", help: "a+b: siblings reachable by CID", required: false),
             Key(name: "queue-size", help: "largest virtqueue, 64-32768 (default 256)", required: false),
             Key(name: "socket-mode", help: "socket permissions, octal (default 0660)", required: false),
@@ -176,6 +177,7 @@ public struct ExportSpec: Equatable {
         }
         var o = VsockOptions(id: id, guestCID: cid, udsPath: values["uds-path"]!)
         if let n = try v.int("tx-buffer-size", 4096...(64 << 20)) { o.txBufferSize = UInt32(n) }
+        if let n = try v.int("stall-timeout-ms", 0...3_600_000) { o.stallTimeoutMs = UInt32(n) }
         o.queueSize = UInt32(try v.int("queue-size", 64...32768) ?? 256)
         guard o.queueSize & (o.queueSize - 1) == 0 else {
             throw ExportSpecError(export: id, key: "queue-size", message: "must be a power of two, got \(o.queueSize)")

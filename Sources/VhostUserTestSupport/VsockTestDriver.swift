@@ -50,6 +50,10 @@ public final class VsockTestDriver {
         public var reset = false
         /// Every payload byte received on this connection.
         public var totalReceived = 0
+        /// Packets whose fwd_cnt was behind one received before (a stale credit report: 5.10.6.3 counters
+        /// only grow), and the largest step back seen.
+        public var fwdCntRegressions = 0
+        public var largestFwdCntRegression: UInt32 = 0
         /// When false, payloads are counted but not kept (benchmarks).
         public var keepData = true
         /// When false, received bytes are not counted as consumed (a slow reader: credit is not returned).
@@ -87,6 +91,12 @@ public final class VsockTestDriver {
     /// Packets that matched no connection (RSTs for unknown ports, requests from the host, events).
     public var unmatched: [Packet] = []
     public static let maxPayload = 65536
+    /// While true, used rx buffers are read but not given back (a guest whose rx queue runs dry);
+    /// they are reposted by the first `poll()` after it turns false.
+    public var holdRx = false
+    private var heldRx: [UInt16] = []
+    /// rx buffers the driver holds back now (`holdRx`).
+    public var heldRxCount: Int { heldRx.count }
 
     public init(socket: String, queueSize: UInt16 = 256, rxBufferSize: UInt32 = 4096, bufAlloc: UInt32 = 256 * 1024,
                 features: UInt64? = nil) throws {
@@ -277,6 +287,11 @@ public final class VsockTestDriver {
         var reposted = false
         // rx buffers keep their descriptor for life: a used one is simply made available again.
         let oldAvail = rxq.availIndex
+        if !holdRx && !heldRx.isEmpty {
+            for h in heldRx { rxq.publish(h) }
+            heldRx.removeAll()
+            reposted = true
+        }
         while let u = rxq.popUsedFixed() {
             guard let g = rxBuffers[u.head] else { continue }
             if u.length >= 44 {
@@ -301,8 +316,12 @@ public final class VsockTestDriver {
                     out.append(Packet(header: h, payload: n > 0 ? ram.read(g + 44, n) : []))
                 }
             }
-            rxq.publish(u.head)
-            reposted = true
+            if holdRx {
+                heldRx.append(u.head)
+            } else {
+                rxq.publish(u.head)
+                reposted = true
+            }
         }
         if reposted && rxq.needsKick(since: oldAvail) { kick(kicks[0]) }
         for p in out { file(p) }
@@ -316,6 +335,11 @@ public final class VsockTestDriver {
             return
         }
         c.peerBufAlloc = h.bufAlloc
+        let back = c.peerFwdCnt &- h.fwdCnt
+        if back != 0 && back < 1 << 31 {
+            c.fwdCntRegressions += 1
+            c.largestFwdCntRegression = max(c.largestFwdCntRegression, back)
+        }
         c.peerFwdCnt = h.fwdCnt
         switch Op(rawValue: h.op) {
         case .rw:

@@ -10,6 +10,8 @@ public final class QueueStats {
         case bounced
         /// Requests still at the device when their queue had to stop, failed with IOERR after a cancel.
         case timedOut
+        /// A device's flow found making no progress while work was pending (vsock's stall detector).
+        case stalls
     }
     private let storage = UnsafeMutablePointer<UInt64>.allocate(capacity: Counter.allCases.count)
     public init() { storage.initialize(repeating: 0, count: Counter.allCases.count) }

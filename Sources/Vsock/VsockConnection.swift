@@ -29,6 +29,14 @@ final class VsockConnection: FDWatcher {
     // Guest-to-host bytes written to the host socket, and the value we last told the guest.
     var fwdCnt: UInt32 = 0
     var advertisedFwdCnt: UInt32 = 0
+    /// Payload bytes received from the guest (written to the host or still held): what the guest's tx_cnt
+    /// must be, so bufAlloc - (rxCnt - advertisedFwdCnt) is the credit the guest believes it has.
+    var rxCnt: UInt32 = 0
+
+    // Stall detector: the counters as last seen, when they last moved, whether this stall was reported.
+    var progressMark: (UInt32, UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0, 0)
+    var lastProgressMicros: UInt64 = 0
+    var stallReported = false
 
     /// Guest data the host socket has not taken yet; never more than our buf_alloc (the guest's credit).
     var outBuf: [UInt8] = []
@@ -49,8 +57,16 @@ final class VsockConnection: FDWatcher {
     var hostShutWrDone = false
     var pausedForRx = false
     var pausedForCredit = false
-    /// The guest's rx buffers split the header over descriptors: use the one-buffer path.
-    var splitHeaders = false
+    /// A CREDIT_UPDATE for this connection waits in the engine's queue (one at a time: it carries the
+    /// counters current when it reaches an rx buffer, not when it was queued).
+    var creditUpdateQueued = false
+    /// On the engine's list of connections whose freed space is told at the end of the pass.
+    var creditDue = false
+    /// Paused for credit: when the pause began or we last asked the guest for its counters (CREDIT_REQUEST),
+    /// in monotonic microseconds; 0 when not paused.
+    var creditRequestedAt: UInt64 = 0
+    /// How long after the last CREDIT_REQUEST the next one goes (doubles while the pause lasts).
+    var creditRequestBackoff: UInt64 = 0
     /// Our buf_alloc for this connection: tx-buffer-size, or less for SEQPACKET when the host socket cannot
     /// take a message that large (the guest then refuses bigger messages with EMSGSIZE).
     var bufAlloc: UInt32 = 0
@@ -70,6 +86,12 @@ final class VsockConnection: FDWatcher {
     var peerCredit: UInt32 {
         let inFlight = txCnt &- peerFwdCnt
         return inFlight >= peerBufAlloc ? 0 : peerBufAlloc - inFlight
+    }
+
+    /// Credit the guest believes it has towards us (5.10.6.3), from what we told it last.
+    var guestCredit: UInt32 {
+        let inFlight = rxCnt &- advertisedFwdCnt
+        return inFlight >= bufAlloc ? 0 : bufAlloc - inFlight
     }
 
     func fdReady(events: UInt32) { engine?.connectionReady(self, events: events) }

@@ -11,6 +11,9 @@ public struct VsockOptions: Equatable {
     public var groups: [String] = []
     public var queueSize: UInt32 = 256
     public var socketMode: UInt32 = 0o660
+    /// A connection with data or credit pending that makes no progress for this long is logged once with
+    /// its state and counted (`stalls` in the tx queue's stats); 0 turns the check off.
+    public var stallTimeoutMs: UInt32 = 5000
 
     public init(id: String, guestCID: UInt64, udsPath: String) {
         self.id = id
@@ -30,4 +33,7 @@ public struct VsockOptions: Equatable {
     /// longer than `connectLineTimeout` seconds are closed to make room.
     public static var maxAwaitingConnectLine = 256
     public static var connectLineTimeout = 10.0
+    /// While a connection waits for the guest's credit, the guest is asked for it (CREDIT_REQUEST) again after
+    /// this long, then twice as long each time, up to 16 times this.
+    public static let creditRequestIntervalMicros: UInt64 = 200_000
 }

@@ -169,3 +169,43 @@ final class VsockCreditTests: VsockTestCase {
         XCTAssertEqual(p.header.len, 0)
     }
 }
+
+/// Issue 8: credit the guest has but has not reported must not stop a flow for good.
+final class VsockCreditRequestTests: VsockTestCase {
+    /// Linux reports what its reader consumed only once less than 64 KiB of its buffer would stay unreported,
+    /// and a reader blocked writing sends nothing else that carries its fwd_cnt. The device, paused for
+    /// credit with host data waiting, asks (CREDIT_REQUEST, 5.10.6.3) and the flow moves on.
+    func testDevicePausedForCreditAsksTheGuestThatReadWithoutTelling() throws {
+        // Guest buffers and amounts read silently (Linux stays quiet below buf_alloc - 64 KiB).
+        let cases: [(bufAlloc: UInt32, read: Int)] = [(256 * 1024, 100 * 1024), (256 * 1024, 4096), (256 * 1024, 190 * 1024),
+                                                      (128 * 1024, 60 * 1024), (128 * 1024, 1), (96 * 1024, 30 * 1024)]
+        for (i, k) in cases.enumerated() {
+            let s = try serve(id: "cr\(i)", cid: 3)
+            let lfd = try listen(s.portPath(5000))
+            let d = try guest(s, bufAlloc: k.bufAlloc)
+            let (c, h) = try open(d, lfd, port: 5000, localPort: 400 + UInt32(i))
+            c.consuming = false
+            let down = pattern(1 << 20, seed: 51 + UInt64(i))
+            let writer = Background { try Host.writeAll(h, down) }
+            XCTAssertTrue(d.wait(timeout: 20) { c.totalReceived >= Int(k.bufAlloc) }, "case \(i): the guest's buffer filled")
+
+            // The program reads; its kernel keeps quiet, and the program sends nothing (blocked elsewhere).
+            c.fwdCnt = UInt32(k.read)
+            let moved = d.wait(timeout: 20) { c.totalReceived >= Int(k.bufAlloc) + k.read }
+            XCTAssertTrue(moved, "case \(i): the device never learned of the \(k.read) bytes the guest read: stuck at \(c.totalReceived)")
+            try barrier(d, c)
+            XCTAssertEqual(c.totalReceived, Int(k.bufAlloc) + k.read, "case \(i): exactly the credit the guest had, no more")
+            XCTAssertEqual(c.received, Array(down[0..<c.received.count]))
+
+            // The reader catches up and reports as it goes: the rest arrives byte-exact.
+            c.consuming = true
+            try d.consume(c)
+            XCTAssertTrue(d.wait(timeout: 60) { c.received.count >= down.count })
+            try writer.wait()
+            XCTAssertEqual(checksum(c.received), checksum(down), "case \(i)")
+            XCTAssertFalse(c.reset)
+            closeHost(h)
+            if !moved { return }
+        }
+    }
+}

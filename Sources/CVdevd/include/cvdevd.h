@@ -127,6 +127,10 @@ int32_t vdv_fallocate(int32_t fd, int32_t mode, uint64_t offset, uint64_t len);
 int32_t vdv_eventfd(uint32_t initval, int32_t nonblock);
 // 1 if fd is an eventfd (anon_inode:[eventfd]), else 0.
 int32_t vdv_is_eventfd(int32_t fd);
+// A non-blocking CLOCK_MONOTONIC timerfd, disarmed; fd or -errno.
+int32_t vdv_timerfd_create(void);
+// Fires every interval_ms from now on; 0 disarms. 0 or -errno.
+int32_t vdv_timerfd_arm(int32_t fd, uint32_t interval_ms);
 extern const int32_t VDV_FALLOC_PUNCH_HOLE;   // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 extern const int32_t VDV_FALLOC_ZERO_RANGE;   // FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
 extern const uint32_t VDV_RWF_DSYNC;
