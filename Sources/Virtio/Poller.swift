@@ -50,6 +50,8 @@ public final class Poller {
         let slot: Int
         unowned(unsafe) let handler: QueueHandler
         unowned(unsafe) let binding: QueueBinding
+        /// Broken by the guest, or stopping: not served, not armed (mirrors the slot, read without copying it).
+        var paused = false
     }
     private var active: ContiguousArray<Active> = []
     /// Completion routing by slot id, without reference counting.
@@ -236,12 +238,12 @@ public final class Poller {
             if vdv_load_relaxed_u8(commandsPending) != 0 { guestWork = runCommands() || guestWork }
             var completions = ioRing.reap(deliverCompletion) > 0
             if let aio, aio.reap(deliverCompletion) > 0 { completions = true }
-            for a in active {
-                guard let slot = slots[a.slot], !slot.broken, slot.stopping == nil else { continue }
+            for a in active where !a.paused {
                 do {
                     if try a.handler.process() { guestWork = true }
                 } catch {
                     slots[a.slot]!.broken = true
+                    pause(slot: a.slot)
                     a.binding.stats.add(.errors)
                     a.binding.onError(error)
                 }
@@ -287,15 +289,13 @@ public final class Poller {
     }
 
     private func setNotifications(enabled: Bool) {
-        for a in active {
-            guard let slot = slots[a.slot], !slot.broken else { continue }
+        for a in active where !a.paused {
             if enabled { a.binding.vq.enableNotifications() } else { a.binding.vq.disableNotifications() }
         }
     }
 
     private func anyPending() -> Bool {
-        for a in active {
-            guard let slot = slots[a.slot], !slot.broken, slot.stopping == nil else { continue }
+        for a in active where !a.paused {
             if a.handler.hasPendingWork() { return true }
         }
         return false
@@ -335,6 +335,7 @@ public final class Poller {
             case .detach(let id, let done):
                 if Int(id) < slots.count, slots[Int(id)] != nil, slots[Int(id)]!.stopping == nil {
                     slots[Int(id)]!.stopping = done
+                    pause(slot: Int(id))
                     slots[Int(id)]!.stopAskedAt = monotonicMicros()
                     stoppingCount += 1
                 } else {
@@ -349,6 +350,7 @@ public final class Poller {
                     }
                     do { try slot.binding.vq.remap(memory: memory) } catch {
                         slots[Int(id)]!.broken = true
+                        pause(slot: Int(id))
                         slot.binding.onError(error)
                     }
                 }
@@ -407,6 +409,11 @@ public final class Poller {
             }
             i += 1
         }
+    }
+
+    /// A queue stops being served on each pass (broken, or stopping); the control path, not per pass.
+    private func pause(slot: Int) {
+        if let i = active.firstIndex(where: { $0.slot == slot }) { active[i].paused = true }
     }
 
     /// Stopped queues whose abandoned requests have all come back free their slot ids and mappings.
