@@ -13,7 +13,12 @@ module CVdevd {
     export *
 }
 MAP
-clang -c -O1 -g -fsanitize=address,fuzzer-no-link -I Sources/CVdevd/include Sources/CVdevd/shim.c -o "$OUT/shim.o"
+OBJS=()
+for c in Sources/CVdevd/*.c; do
+    o="$OUT/$(basename "$c" .c).o"
+    clang -c -O1 -g -fsanitize=address,fuzzer-no-link -I Sources/CVdevd/include "$c" -o "$o"
+    OBJS+=("$o")
+done
 swiftc -sanitize=fuzzer,address -parse-as-library -g -Onone -module-name ChainFuzz -I "$OUT/include" \
-    Sources/Virtio/*.swift Fuzz/ChainFuzz.swift "$OUT/shim.o" -luring -laio -o "$OUT/chain-fuzz"
+    Sources/Virtio/*.swift Fuzz/ChainFuzz.swift "${OBJS[@]}" -luring -laio -o "$OUT/chain-fuzz"
 "$OUT/chain-fuzz" -runs="${1:-200000}" -max_len=4096 -seed=1 -artifact_prefix="$OUT/" "$OUT/corpus"
