@@ -255,7 +255,8 @@ public final class Poller {
             if !zombies.isEmpty { releaseZombies() }
             if slotsWithRetiredMemory > 0 { releaseRetiredMemory() }
             let now = monotonicMicros()
-            if guestWork { spin.work(at: now) }
+            // A completion counts too: the guest's answer to it (its next request) is what the spin waits for.
+            if guestWork || completions { spin.work(at: now) }
             let deviceBusy = ioRing.ioInFlight > 0 || (aio?.inFlight ?? 0) > 0
             if guestWork || completions {
                 // Notifications stay on while the poller will sleep again on the device; off while it spins.
