@@ -158,7 +158,7 @@ final class BlkQueue: QueueHandler {
             else { finish(tag: tag, .ioerr); return true }
             s.pointee.iovCount = n
             if device.options.direct && !dioAligned(s.pointee.iov, n) {
-                guard Int(length) <= BounceBuffer.capacity else { finish(tag: tag, .ioerr); return true }
+                guard Int(length) <= BounceBuffer.capacity, bounce.reserve() else { finish(tag: tag, .ioerr); return true }
                 guard let (run, buffer) = bounce.take(Int(length)) else {
                     inflight -= 1
                     stats.remove(.requests)

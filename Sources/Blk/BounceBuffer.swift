@@ -22,22 +22,26 @@ struct BounceBuffer {
         let count: Int
     }
 
-    /// Takes room for `bytes`, or nil when no run that long is free now (a completion will free one) or the
-    /// memory cannot be reserved.
+    /// Reserves the address space on first use; false if the system refuses it (then no request can bounce).
+    mutating func reserve() -> Bool {
+        if base != nil { return true }
+        let p = mmap(nil, BounceBuffer.capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let p, p != MAP_FAILED else { return false }
+        base = p
+        return true
+    }
+
+    /// Takes room for `bytes` (at most `capacity`, after reserve()), or nil when no run that long is free now:
+    /// a completion will free one.
     mutating func take(_ bytes: Int) -> (Run, UnsafeMutableRawPointer)? {
-        guard bytes > 0, bytes <= BounceBuffer.capacity else { return nil }
-        if base == nil {
-            let p = mmap(nil, BounceBuffer.capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-            guard let p, p != MAP_FAILED else { return nil }
-            base = p
-        }
+        guard let base, bytes > 0, bytes <= BounceBuffer.capacity else { return nil }
         let need = (bytes + BounceBuffer.chunkBytes - 1) / BounceBuffer.chunkBytes
-        let mask: UInt64 = need == 64 ? ~0 : (1 << UInt64(need)) - 1
+        let mask = BounceBuffer.mask(need)
         var first = 0
         while first + need <= BounceBuffer.chunks {
             if used & (mask << UInt64(first)) == 0 {
                 used |= mask << UInt64(first)
-                return (Run(first: first, count: need), base! + first * BounceBuffer.chunkBytes)
+                return (Run(first: first, count: need), base + first * BounceBuffer.chunkBytes)
             }
             first += 1
         }
@@ -45,11 +49,11 @@ struct BounceBuffer {
     }
 
     mutating func give(_ run: Run) {
-        let mask: UInt64 = run.count == 64 ? ~0 : (1 << UInt64(run.count)) - 1
-        used &= ~(mask << UInt64(run.first))
+        used &= ~(BounceBuffer.mask(run.count) << UInt64(run.first))
     }
 
-    var inUse: Bool { used != 0 }
+    /// `count` low bits set (count is 1...64).
+    private static func mask(_ count: Int) -> UInt64 { count == 64 ? ~0 : (1 << UInt64(count)) - 1 }
 
     func release() {
         if let base { munmap(base, BounceBuffer.capacity) }

@@ -110,10 +110,7 @@ public final class IORing {
     /// Sleeps until a completion arrives, `epollFD` has events (kicks, commands, host sockets), or (when given)
     /// `timeoutMicros` pass.
     func wait(epollFD: Int32, timeoutMicros: UInt64? = nil) {
-        if !wakeArmed, vdv_uring_prep_poll_in(ring, epollFD, IORing.tagWake) == 0 {
-            wakeArmed = true
-            inFlight += 1
-        }
+        if !wakeArmed, note(vdv_uring_prep_poll_in(ring, epollFD, IORing.tagWake)) { wakeArmed = true }
         let rc = timeoutMicros.map { vdv_uring_submit_and_wait_timeout(ring, 1, $0) } ?? vdv_uring_submit_and_wait(ring, 1)
         if rc >= 0 || rc == -ETIME { queued = 0 }
     }
@@ -144,17 +141,13 @@ public final class IORing {
     /// Starts the calling thread's io-wq (io_uring makes it at the thread's first submission) and places and caps
     /// its workers. Poller thread only: the workers belong to the thread that submits.
     func placeWorkers(_ w: IOWorkers) -> Int32 {
-        if vdv_uring_prep_nop(ring, IORing.tagCancel) == 0 {
-            queued += 1
-            inFlight += 1
-            submit()
-        }
+        if note(vdv_uring_prep_nop(ring, IORing.tagCancel)) { submit() }
         return limitWorkers(cpus: w.cpus, maxBounded: w.maxBounded, maxUnbounded: 0)
     }
 
     /// Puts the ring's io-wq workers (punted buffered writes, devices without NOWAIT) on `cpus` and caps them.
     /// Returns 0 or -errno (an old kernel, or CPUs outside the cpuset).
-    public func limitWorkers(cpus: [Int32], maxBounded: UInt32, maxUnbounded: UInt32) -> Int32 {
+    private func limitWorkers(cpus: [Int32], maxBounded: UInt32, maxUnbounded: UInt32) -> Int32 {
         cpus.withUnsafeBufferPointer {
             vdv_uring_limit_workers(ring, $0.baseAddress, UInt32($0.count), maxBounded, maxUnbounded)
         }

@@ -39,7 +39,7 @@ public final class Poller {
     private var stoppingCount = 0
     /// Stopped queues whose abandoned requests the device has not answered yet: their slot ids stay taken (late
     /// completions still route to them) and their mappings stay alive until it does.
-    private var zombies: [Slot] = []
+    private var zombies: [(id: Int, slot: Slot)] = []
     /// How long a stopping queue waits for requests at the device before cancelling them, and then before
     /// failing what is left.
     public let stopTimeoutMicros: UInt64
@@ -255,10 +255,10 @@ public final class Poller {
             if !zombies.isEmpty { releaseZombies() }
             if slotsWithRetiredMemory > 0 { releaseRetiredMemory() }
             let now = monotonicMicros()
-            // A completion counts too: the guest's answer to it (its next request) is what the spin waits for.
-            if guestWork || completions { spin.work(at: now) }
             let deviceBusy = ioRing.ioInFlight > 0 || (aio?.inFlight ?? 0) > 0
             if guestWork || completions {
+                // A completion counts too: the guest's answer to it (its next request) is what the spin waits for.
+                spin.work(at: now)
                 // Notifications stay on while the poller will sleep again on the device; off while it spins.
                 if sleeping && !deviceBusy && spin.limit > 0 { setNotifications(enabled: false); sleeping = false }
                 continue
@@ -402,7 +402,7 @@ public final class Poller {
                 if !slot.retired.isEmpty { slotsWithRetiredMemory -= 1 }
                 stoppingCount -= 1
                 active.remove(at: i)
-                if slot.handler.abandonedInFlight > 0 { zombies.append(slot) } else { completionTargets[s] = nil }
+                if slot.handler.abandonedInFlight > 0 { zombies.append((s, slot)) } else { completionTargets[s] = nil }
                 slots[s] = nil
                 slot.handler.detached()
                 done.fulfill(slot.binding.vq.lastAvailIdx)
@@ -420,10 +420,8 @@ public final class Poller {
     /// Stopped queues whose abandoned requests have all come back free their slot ids and mappings.
     private func releaseZombies() {
         zombies.removeAll { z in
-            guard z.handler.abandonedInFlight == 0 else { return false }
-            if let i = completionTargets.indices.first(where: { completionTargets[$0]?.handler === z.handler }) {
-                completionTargets[i] = nil
-            }
+            guard z.slot.handler.abandonedInFlight == 0 else { return false }
+            completionTargets[z.id] = nil
             return true
         }
     }
