@@ -358,7 +358,7 @@ final class VhostUserSession {
             poller = pollers.pick(preferred: preferredPoller)
         }
         let dev = device
-        let slot = try poller.attach(binding) { ctx in try dev.makeQueueHandler(context: ctx) }
+        let slot = try poller.attach(binding, fixedBuffers: dev.usesFixedBuffers) { ctx in try dev.makeQueueHandler(context: ctx) }
         vrings[i].running = (poller, slot)
         logger.info("queue \(i) started on poller \(poller.id) (size \(v.num), avail base \(v.base))")
     }
