@@ -61,8 +61,9 @@ public final class FixedBufferTable {
     private var disabledReason: String?
     /// The map each fixed-buffer queue of this poller holds, by slot id.
     private var bySlot: [UInt16: FixedBufferMap?] = [:]
-    /// Regions that could not be registered, and why (the last reason), for the operator's log.
-    public private(set) var lastFailure: String?
+    /// Why the last acquire registered less than it was given (nil: nothing failed), for the operator's log.
+    public var lastFailure: String? { lock.withLock { failure } }
+    private var failure: String?
 
     init(target: IORing) { self.target = target }
 
@@ -77,7 +78,11 @@ public final class FixedBufferTable {
     /// if none could be.
     func acquire(_ memory: GuestMemory) -> FixedBufferMap? {
         lock.withLock {
-            guard disabledReason == nil, prepareStaging() else { return nil }
+            failure = nil
+            guard disabledReason == nil, prepareStaging() else {
+                failure = disabledReason
+                return nil
+            }
             var changed = false
             var chunks = ContiguousArray<FixedBufferMap.Chunk>()
             var held: [ObjectIdentifier] = []
@@ -117,7 +122,7 @@ public final class FixedBufferTable {
 
     /// Control-side bookkeeping of which map a queue slot holds.
     func remember(slot: UInt16, _ map: FixedBufferMap?) { lock.withLock { bySlot[slot] = map } }
-    func map(ofSlot slot: UInt16) -> FixedBufferMap?? { lock.withLock { bySlot[slot] } }
+    public func map(ofSlot slot: UInt16) -> FixedBufferMap?? { lock.withLock { bySlot[slot] } }
     func forget(slot: UInt16) -> FixedBufferMap? { lock.withLock { bySlot.removeValue(forKey: slot) ?? nil } }
 
     // MARK: under the lock
@@ -144,7 +149,7 @@ public final class FixedBufferTable {
     private func register(_ r: MemoryRegion) -> [Int32]? {
         let n = Int((r.size + FixedBufferTable.chunkBytes - 1) / FixedBufferTable.chunkBytes)
         guard n <= free.count else {
-            lastFailure = "buffer table full (\(FixedBufferTable.slotCount) slots)"
+            failure = "buffer table full (\(FixedBufferTable.slotCount) slots)"
             return nil
         }
         var indexes: [Int32] = []
@@ -156,7 +161,7 @@ public final class FixedBufferTable {
                 free.append(index)
                 for j in indexes { clear(j) }
                 // ENOMEM: over RLIMIT_MEMLOCK without CAP_IPC_LOCK; EFAULT: pages the fd does not have.
-                lastFailure = "registering \(r.size) bytes at gpa 0x\(String(r.guestAddress, radix: 16)): \(SystemError.describe(-rc))"
+                failure = "registering \(r.size) bytes at gpa 0x\(String(r.guestAddress, radix: 16)): \(SystemError.describe(-rc))"
                 return nil
             }
             indexes.append(index)
@@ -188,7 +193,7 @@ public final class FixedBufferTable {
         let rc = vdv_uring_clone_buffers(target.ring, staging)
         guard rc == 0 else {
             disabledReason = "IORING_REGISTER_CLONE_BUFFERS: \(SystemError.describe(-rc)) (Linux 6.13 or later)"
-            lastFailure = disabledReason
+            failure = disabledReason
             return false
         }
         return true

@@ -19,11 +19,15 @@ public protocol VirtioDevice: AnyObject {
     var queuesSharePoller: Bool { get }
     /// True when the device's queues want guest memory registered with their poller's io_uring (fixed buffers).
     var usesFixedBuffers: Bool { get }
+    /// True when a request left in flight by a backend that died may simply be started again (blk): the device
+    /// offers in-flight tracking so a restarted backend resubmits exactly those.
+    var resubmitsInflight: Bool { get }
 }
 
 extension VirtioDevice {
     public var queuesSharePoller: Bool { false }
     public var usesFixedBuffers: Bool { false }
+    public var resubmitsInflight: Bool { false }
 }
 
 /// Serves one queue on its poller. Every call happens on that poller's thread.
