@@ -258,7 +258,12 @@ public final class Poller {
             if vdv_load_relaxed_u8(commandsPending) != 0 { guestWork = runCommands() || guestWork }
             var completions = ioRing.reap(deliverCompletion) > 0
             if let aio, aio.reap(deliverCompletion) > 0 { completions = true }
-            for a in active where !a.paused {
+            // Index loops: iterating the array itself would retain its storage on every pass.
+            var i = 0
+            while i < active.count {
+                let a = active[i]
+                i += 1
+                if a.paused { continue }
                 do {
                     if try a.handler.process() { guestWork = true }
                 } catch {
@@ -270,7 +275,11 @@ public final class Poller {
             }
             ioRing.submit()
             aio?.submit()
-            for a in active { a.binding.flush() }
+            i = 0
+            while i < active.count {
+                active[i].binding.flush()
+                i += 1
+            }
             if stoppingCount > 0 { finishStopping() }
             if !zombies.isEmpty { releaseZombies() }
             if slotsWithRetiredMemory > 0 { releaseRetiredMemory() }
@@ -310,14 +319,21 @@ public final class Poller {
     }
 
     private func setNotifications(enabled: Bool) {
-        for a in active where !a.paused {
+        var i = 0
+        while i < active.count {
+            let a = active[i]
+            i += 1
+            if a.paused { continue }
             if enabled { a.binding.vq.enableNotifications() } else { a.binding.vq.disableNotifications() }
         }
     }
 
     private func anyPending() -> Bool {
-        for a in active where !a.paused {
-            if a.handler.hasPendingWork() { return true }
+        var i = 0
+        while i < active.count {
+            let a = active[i]
+            i += 1
+            if !a.paused && a.handler.hasPendingWork() { return true }
         }
         return false
     }

@@ -59,18 +59,6 @@ func checksum(_ b: [UInt8]) -> UInt64 {
     return h
 }
 
-/// Open file descriptors of this process (the exports run in-process).
-func openFDCount() -> Int {
-    guard let d = opendir("/proc/self/fd") else { return -1 }
-    defer { closedir(d) }
-    var n = 0
-    while let e = readdir(d) {
-        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-        if name != "." && name != ".." { n += 1 }
-    }
-    return n - 1   // the directory stream's own fd
-}
-
 // MARK: - work on another thread
 
 /// Runs `body` on its own thread; `wait` joins it (the timeout is a safety net, not an assertion about time).

@@ -1,0 +1,30 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Open file descriptors of this process (tests run exports in-process, so leaks show up here).
+public func openFDCount() -> Int {
+    guard let d = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(d) }
+    var n = 0
+    while let e = readdir(d) {
+        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        if name != "." && name != ".." { n += 1 }
+    }
+    return n - 1   // the directory stream's own fd
+}
+
+/// Mappings of this process (/proc/self/maps lines) whose path names a memfd, e.g. "memfd:guest-ram": guest
+/// memory a backend mapped and did not let go of shows up as one more.
+public func memfdMappingCount() -> Int {
+    guard let f = fopen("/proc/self/maps", "r") else { return -1 }
+    defer { fclose(f) }
+    var n = 0
+    var line: UnsafeMutablePointer<CChar>?
+    var cap = 0
+    while getline(&line, &cap, f) > 0 {
+        if let l = line, strstr(l, "/memfd:") != nil { n += 1 }
+    }
+    free(line)
+    return n
+}
