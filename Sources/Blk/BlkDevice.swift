@@ -171,6 +171,9 @@ public final class BlkDevice: VirtioDevice {
 
     /// Reads, writes, flushes, discards: each may run twice, so one in flight at a crash is started again.
     public var resubmitsInflight: Bool { true }
+    /// Every write to guest memory (read data, GET_ID, status) is in a writable buffer of a returned request,
+    /// and those are logged as they are returned.
+    public var logsDirtyPages: Bool { true }
 
     /// O_DIRECT through io_uring pins the guest's pages for every request unless they are registered once.
     public var usesFixedBuffers: Bool {

@@ -17,16 +17,20 @@ public final class BlkTestClient {
     public let protocolFeatures: UInt64
     public private(set) var ackedFeatures: UInt64 = 0
 
-    /// Connects and negotiates; `features` = nil acks everything offered but protocol-features' own bit is kept.
+    /// Connects and negotiates; `features` = nil acks everything offered (but VHOST_F_LOG_ALL, which QEMU acks only
+    /// while migrating) and protocol-features' own bit is kept. `extraProtocolFeatures` asks for more than QEMU's
+    /// usual set (e.g. LOG_SHMFD, bit 1).
     public init(socket: String, queueCount: Int = 1, queueSize: UInt16 = 128, ramSize: UInt64 = 64 << 20,
-                features: UInt64? = nil, useAddMemReg: Bool = false, preallocateRAM: Bool = false) throws {
+                features: UInt64? = nil, useAddMemReg: Bool = false, preallocateRAM: Bool = false,
+                extraProtocolFeatures: UInt64 = 0) throws {
         frontend = try VhostUserFrontend(path: socket)
         ram = try GuestRAM(size: ramSize, guestAddress: 0x1_0000_0000, preallocate: preallocateRAM)
         deviceFeatures = try frontend.getU64(.getFeatures)
         protocolFeatures = try frontend.getU64(.getProtocolFeatures)
-        try frontend.setProtocolFeatures(protocolFeatures & ((1 << 0) | (1 << 3) | (1 << 9) | (1 << 13) | (1 << 15) | (1 << 16)))
+        try frontend.setProtocolFeatures(protocolFeatures & ((1 << 0) | (1 << 3) | (1 << 9) | (1 << 13) | (1 << 15) | (1 << 16)
+                                                             | extraProtocolFeatures))
         try frontend.command(.setOwner)
-        let want = (features ?? deviceFeatures) | VhostUserFrontend.protocolFeaturesBit
+        let want = (features ?? (deviceFeatures & ~(1 << 26))) | VhostUserFrontend.protocolFeaturesBit
         ackedFeatures = want & deviceFeatures
         try frontend.setFeatures(ackedFeatures)
         if useAddMemReg { try frontend.addMemReg(ram) } else { try frontend.setMemTable([ram]) }

@@ -1,5 +1,6 @@
 /// Device-independent feature bits (virtio 1.3, 6: reserved feature bits).
 public enum VirtioFeature {
+    public static let logAll: UInt64 = 1 << 26             // VHOST_F_LOG_ALL (vhost, not virtio)
     public static let ringIndirectDesc: UInt64 = 1 << 28   // VIRTIO_F_RING_INDIRECT_DESC
     public static let ringEventIdx: UInt64 = 1 << 29       // VIRTIO_F_RING_EVENT_IDX
     public static let version1: UInt64 = 1 << 32           // VIRTIO_F_VERSION_1

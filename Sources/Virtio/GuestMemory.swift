@@ -26,6 +26,17 @@ public final class GuestMemory {
         return p
     }
 
+    /// The guest-physical address of host memory inside one region (dirty logging), or nil.
+    public func guestAddress(ofHost p: UnsafeRawPointer, length: Int) -> UInt64? {
+        let a = UInt(bitPattern: p)
+        for r in regions {
+            let start = UInt(bitPattern: r.host)
+            guard a >= start, UInt64(a - start) < r.size, UInt64(length) <= r.size - UInt64(a - start) else { continue }
+            return r.guestAddress + UInt64(a - start)
+        }
+        return nil
+    }
+
     /// Host pointer for `length` bytes at a frontend virtual address (vring addresses), one region only.
     public func translate(userAddress uva: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
         for r in regions where r.containsUser(uva) {

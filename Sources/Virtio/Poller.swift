@@ -66,6 +66,7 @@ public final class Poller {
         case detach(UInt16, Completion<UInt16>)
         case updateMemory([UInt16], GuestMemory, [UInt16: FixedBufferMap?], Completion<Void>)
         case replaceCall(UInt16, EventFD?, Completion<Void>)
+        case setDirtyLog(UInt16, DirtyLog?, UInt64?, Completion<Void>)
         case exit
     }
 
@@ -220,6 +221,13 @@ public final class Poller {
     public func replaceCall(slot: UInt16, call: EventFD?) {
         let done = Completion<Void>()
         send(.replaceCall(slot, call, done))
+        done.wait()
+    }
+
+    /// Starts, stops or moves dirty-page logging of a running queue (live migration); returns once it is in effect.
+    public func setDirtyLog(slot: UInt16, log: DirtyLog?, usedLogAddress: UInt64?) {
+        let done = Completion<Void>()
+        send(.setDirtyLog(slot, log, usedLogAddress, done))
         done.wait()
     }
 
@@ -395,6 +403,9 @@ public final class Poller {
                 done.fulfill(())
             case .replaceCall(let id, let fd, let done):
                 if Int(id) < slots.count, let slot = slots[Int(id)] { slot.binding.replaceCall(fd) }
+                done.fulfill(())
+            case .setDirtyLog(let id, let log, let used, let done):
+                if Int(id) < slots.count, let slot = slots[Int(id)] { slot.binding.setDirtyLog(log, usedLogAddress: used) }
                 done.fulfill(())
             case .exit:
                 running = false

@@ -11,6 +11,10 @@ public final class QueueBinding {
     /// Where the poller tells the operator about this queue (requests cancelled at a stop); any thread.
     public var report: (String) -> Void = { _ in }
     private var unpublished = 0
+    /// Live migration: where the device's writes to guest memory are logged (nil: not logging), and the guest
+    /// address the used ring's writes are logged at (nil: the ring was not asked to log them). Poller thread.
+    public private(set) var dirtyLog: DirtyLog?
+    private var usedLogAddress: UInt64?
 
     public init(name: String, vq: SplitVirtqueue, kick: EventFD?, call: EventFD?, stats: QueueStats,
                 onError: @escaping (Error) -> Void) {
@@ -35,6 +39,10 @@ public final class QueueBinding {
         guard unpublished > 0 else { return }
         unpublished = 0
         vq.publishUsed()
+        if let dirtyLog, let usedLogAddress {
+            // The whole used ring: its flags, idx, elements and avail_event (a page or two).
+            dirtyLog.mark(gpa: usedLogAddress, length: 6 + 8 * UInt64(vq.size))
+        }
         if vq.needsInterrupt(), let call {
             call.signal()
             stats.add(.notifications)
@@ -43,4 +51,16 @@ public final class QueueBinding {
 
     /// Poller-thread only: a new call fd from the frontend (SET_VRING_CALL on a running ring).
     func replaceCall(_ fd: EventFD?) { call = fd }
+
+    /// Poller-thread only (or before the ring starts): logging starts, stops or moves to a new bitmap.
+    public func setDirtyLog(_ log: DirtyLog?, usedLogAddress: UInt64?) {
+        dirtyLog = log
+        self.usedLogAddress = log == nil ? nil : usedLogAddress
+    }
+
+    /// The device wrote `length` bytes of guest memory at host address `p`.
+    @inline(__always)
+    public func logWrite(_ p: UnsafeRawPointer, length: Int) {
+        dirtyLog?.mark(host: p, length: length, memory: vq.memory)
+    }
 }

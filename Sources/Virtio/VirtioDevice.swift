@@ -22,12 +22,16 @@ public protocol VirtioDevice: AnyObject {
     /// True when a request left in flight by a backend that died may simply be started again (blk): the device
     /// offers in-flight tracking so a restarted backend resubmits exactly those.
     var resubmitsInflight: Bool { get }
+    /// True when every write the device makes to guest memory goes through QueueBinding.logWrite (or lands in
+    /// buffers it returns with their used entries, as blk's do): the device can be live-migrated (VHOST_F_LOG_ALL).
+    var logsDirtyPages: Bool { get }
 }
 
 extension VirtioDevice {
     public var queuesSharePoller: Bool { false }
     public var usesFixedBuffers: Bool { false }
     public var resubmitsInflight: Bool { false }
+    public var logsDirtyPages: Bool { false }
 }
 
 /// Serves one queue on its poller. Every call happens on that poller's thread.

@@ -10,13 +10,15 @@ final class NegotiationTests: ExportTestCase {
     let fSizeMax: UInt64 = 1 << 1, fSegMax: UInt64 = 1 << 2, fRO: UInt64 = 1 << 5, fBlkSize: UInt64 = 1 << 6
     let fFlush: UInt64 = 1 << 9, fTopology: UInt64 = 1 << 10, fConfigWCE: UInt64 = 1 << 11, fMQ: UInt64 = 1 << 12
     let fDiscard: UInt64 = 1 << 13, fWriteZeroes: UInt64 = 1 << 14
+    let fLogAll: UInt64 = 1 << 26
     let fIndirect: UInt64 = 1 << 28, fEventIdx: UInt64 = 1 << 29, fProtocol: UInt64 = 1 << 30, fVersion1: UInt64 = 1 << 32
 
+    /// The device's features, vhost-user's protocol-features bit, and VHOST_F_LOG_ALL (live migration).
     func testGetFeaturesIsDeviceFeaturesPlusProtocolFeaturesBit() throws {
         let s = try serve()
         let fe = try VhostUserFrontend(path: s.socket)
         let f = try fe.getU64(.getFeatures)
-        XCTAssertEqual(f, BlkDevice.features | fProtocol)
+        XCTAssertEqual(f, BlkDevice.features | fProtocol | fLogAll)
         for bit in [fSizeMax, fSegMax, fBlkSize, fFlush, fTopology, fConfigWCE, fMQ, fDiscard, fWriteZeroes,
                     fIndirect, fEventIdx, fProtocol, fVersion1] {
             XCTAssertNotEqual(f & bit, 0, "bit \(bit.trailingZeroBitCount) missing from 0x\(String(f, radix: 16))")
@@ -28,7 +30,7 @@ final class NegotiationTests: ExportTestCase {
         let s = try serve(options: "readonly=on")
         let fe = try VhostUserFrontend(path: s.socket)
         let f = try fe.getU64(.getFeatures)
-        XCTAssertEqual(f, BlkDevice.readonlyFeatures | fProtocol)
+        XCTAssertEqual(f, BlkDevice.readonlyFeatures | fProtocol | fLogAll)
         XCTAssertNotEqual(f & fRO, 0)
         XCTAssertEqual(f & fDiscard, 0)
         XCTAssertEqual(f & fWriteZeroes, 0)
@@ -41,11 +43,11 @@ final class NegotiationTests: ExportTestCase {
         let s = try serve()
         let fe = try VhostUserFrontend(path: s.socket)
         let pf = try fe.getU64(.getProtocolFeatures)
-        for bit in [0, 3, 9, 12, 13, 15, 16] {
+        for bit in [0, 1, 3, 9, 12, 13, 15, 16] {
             XCTAssertNotEqual(pf & (1 << UInt64(bit)), 0, "protocol feature \(bit) not offered: 0x\(String(pf, radix: 16))")
         }
-        // Not implemented, so never offered: LOG_SHMFD(1), BACKEND_REQ(5).
-        for bit in [1, 5] {
+        // Not implemented, so never offered: BACKEND_REQ(5).
+        for bit in [5] {
             XCTAssertEqual(pf & (1 << UInt64(bit)), 0, "protocol feature \(bit) offered but not implemented")
         }
     }

@@ -13,6 +13,7 @@ static inline uint8_t vdv_load_relaxed_u8(const void *p) { return __atomic_load_
 static inline void vdv_store_relaxed_u8(void *p, uint8_t v) { __atomic_store_n((uint8_t *)p, v, __ATOMIC_RELAXED); }
 static inline uint64_t vdv_load_relaxed_u64(const void *p) { return __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED); }
 static inline void vdv_store_relaxed_u64(void *p, uint64_t v) { __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELAXED); }
+static inline void vdv_atomic_or_u8(void *p, uint8_t v) { __atomic_fetch_or((uint8_t *)p, v, __ATOMIC_RELAXED); }
 static inline void vdv_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline void vdv_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 static inline void vdv_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }

@@ -17,6 +17,8 @@ final class VhostUserSession {
         var err: EventFD?
         var enabled = false
         var running: (poller: Poller, slot: UInt16)?
+        /// SET_VRING_ADDR's VHOST_VRING_F_LOG and log_guest_addr: where writes to the used ring are logged.
+        var usedLogAddress: UInt64?
     }
 
     let device: VirtioDevice
@@ -34,6 +36,8 @@ final class VhostUserSession {
     private var sessionPoller: Poller?
     /// The frontend's in-flight region (SET_INFLIGHT_FD), kept across our restarts by the frontend.
     private var inflight: InflightMemory?
+    /// The dirty-page bitmap of a live migration (SET_LOG_BASE); logging is on while LOG_ALL is acked.
+    private var dirtyLog: DirtyLog?
 
     /// What this backend supports of the protocol.
     static let supportedProtocolFeatures: UInt64 =
@@ -44,6 +48,11 @@ final class VhostUserSession {
     /// resubmitted.
     var offeredProtocolFeatures: UInt64 {
         Self.supportedProtocolFeatures | (device.resubmitsInflight ? VhostUserProtocolFeature.inflightSHMFD : 0)
+            | (device.logsDirtyPages ? VhostUserProtocolFeature.logSHMFD : 0)
+    }
+    /// The device's features, LOG_ALL where it can be live-migrated, and vhost-user's own bit.
+    var offeredFeatures: UInt64 {
+        device.offeredFeatures | (device.logsDirtyPages ? VirtioFeature.logAll : 0) | vhostUserFProtocolFeatures
     }
     /// Memory slots offered with CONFIGURE_MEM_SLOTS (each is one mapping; capped so a frontend cannot grow it).
     static let maxMemSlots = 32
@@ -94,7 +103,7 @@ final class VhostUserSession {
     static func hasOwnReply(_ r: VhostUserRequest) -> Bool {
         switch r {
         case .getFeatures, .getProtocolFeatures, .getVringBase, .getQueueNum, .getConfig, .getMaxMemSlots,
-             .getStatus, .getInflightFD: return true
+             .getStatus, .getInflightFD, .setLogBase: return true
         default: return false
         }
     }
@@ -123,20 +132,26 @@ final class VhostUserSession {
         defer { for f in m.fds where !adoptedFDs.contains(f) { closeFD(f) } }
         switch m.request {
         case .getFeatures:
-            try connection.replyU64(to: m.request, device.offeredFeatures | vhostUserFProtocolFeatures)
+            try connection.replyU64(to: m.request, offeredFeatures)
         case .setFeatures:
             try expectPayload(m, 8)
             let f = try r.u64(0)
-            // Rings latch features (EVENT_IDX, INDIRECT) when they start; a change under them is refused.
-            guard !vrings.contains(where: { $0.running != nil }) else {
-                throw VhostUserError.rejected("SET_FEATURES while rings are running")
-            }
-            let allowed = device.offeredFeatures | vhostUserFProtocolFeatures
-            guard f & ~allowed == 0 else {
+            guard f & ~offeredFeatures == 0 else {
                 throw VhostUserError.rejected("features 0x\(String(f, radix: 16)) include bits not offered")
             }
+            if vrings.contains(where: { $0.running != nil }) {
+                // Rings latch features (EVENT_IDX, INDIRECT) when they start; only LOG_ALL may change under them
+                // (a live migration starting or ending).
+                guard (f ^ features) & ~VirtioFeature.logAll == 0 else {
+                    throw VhostUserError.rejected("SET_FEATURES while rings are running")
+                }
+                features = f
+                updateDirtyLogging()
+                logger.info("dirty-page logging \(f & VirtioFeature.logAll != 0 ? "on" : "off")")
+                break
+            }
             features = f
-            device.featuresAcked(f & ~vhostUserFProtocolFeatures)
+            device.featuresAcked(f & ~(vhostUserFProtocolFeatures | VirtioFeature.logAll))
             logger.debug("features acked 0x\(String(f, radix: 16))")
         case .getProtocolFeatures:
             try connection.replyU64(to: m.request, offeredProtocolFeatures)
@@ -173,9 +188,20 @@ final class VhostUserSession {
         case .setVringAddr:
             try expectPayload(m, 40)
             let i = try vringIndex(m, try r.u32(0))
-            guard vrings[i].running == nil else { throw VhostUserError.rejected("vring \(i) is running") }
-            vrings[i].addresses = VringAddresses(descriptorTable: try r.u64(8), availRing: try r.u64(24),
-                                                 usedRing: try r.u64(16), guestPhysical: false)
+            // struct vhost_vring_addr: index, flags (bit 0: VHOST_VRING_F_LOG), desc, used, avail, log_guest_addr.
+            let logUsed = try r.u32(4) & 1 != 0
+            let addresses = VringAddresses(descriptorTable: try r.u64(8), availRing: try r.u64(24),
+                                           usedRing: try r.u64(16), guestPhysical: false)
+            let logAddress = try r.u64(32)
+            if vrings[i].running != nil {
+                // A running ring only changes whether its used ring is logged (QEMU, as a migration starts or ends).
+                guard addresses == vrings[i].addresses else { throw VhostUserError.rejected("vring \(i) is running") }
+                vrings[i].usedLogAddress = logUsed ? logAddress : nil
+                updateDirtyLogging()
+                break
+            }
+            vrings[i].addresses = addresses
+            vrings[i].usedLogAddress = logUsed ? logAddress : nil
         case .setVringBase:
             try expectPayload(m, 8)
             let i = try vringIndex(m, try r.u32(0))
@@ -236,6 +262,8 @@ final class VhostUserSession {
             try getInflightFD(m, r)
         case .setInflightFD where protocolFeatures & VhostUserProtocolFeature.inflightSHMFD != 0:
             try setInflightFD(m, r)
+        case .setLogBase where protocolFeatures & VhostUserProtocolFeature.logSHMFD != 0:
+            try setLogBase(m, r)
         case .setBackendReqFD, .setLogFD, .setInflightFD:
             throw VhostUserError.rejected("\(m.request) needs a protocol feature this backend does not offer")
         case .setLogBase, .getInflightFD, .iotlbMsg, .sendRARP, .netSetMTU, .vringKick:
@@ -303,6 +331,33 @@ final class VhostUserSession {
         for (_, (p, slots)) in byPoller { p.updateMemory(slots: slots, memory: new) }
         logger.debug("memory table: \(new.regions.count) regions")
         for i in vrings.indices where vrings[i].running == nil { try startVringIfReady(i) }
+    }
+
+    // MARK: live migration (vhost-user.rst, "Migration")
+
+    /// struct VhostUserLog: mmap_size u64, mmap_offset u64, and the log's fd. QEMU waits for an answer.
+    private func setLogBase(_ m: VhostUserMessage, _ r: PayloadReader) throws {
+        try expectPayload(m, 16)
+        guard m.fds.count == 1 else { throw VhostUserError.malformed("SET_LOG_BASE with \(m.fds.count) fds") }
+        do {
+            dirtyLog = try DirtyLog(fd: m.fds[0], mmapSize: try r.u64(0), offset: try r.u64(8))
+        } catch {
+            throw VhostUserError.malformed("dirty log: \(error)")
+        }
+        updateDirtyLogging()
+        try connection.replyU64(to: m.request, 0)
+        logger.info("dirty log: \(dirtyLog!.size) bytes (guest memory up to \(dirtyLog!.size * 8 * DirtyLog.pageSize >> 20) MiB)")
+    }
+
+    /// The log each ring writes to: the bitmap while LOG_ALL is acked, else none.
+    private var activeDirtyLog: DirtyLog? { features & VirtioFeature.logAll != 0 ? dirtyLog : nil }
+
+    /// Running rings take the current logging state.
+    private func updateDirtyLogging() {
+        for v in vrings {
+            guard let (p, s) = v.running else { continue }
+            p.setDirtyLog(slot: s, log: activeDirtyLog, usedLogAddress: v.usedLogAddress)
+        }
     }
 
     // MARK: in-flight tracking (vhost-user.rst, "Inflight I/O tracking")
@@ -413,6 +468,7 @@ final class VhostUserSession {
             err?.signal()
         }
         binding.report = { log.warning("queue \(i): \($0)") }
+        binding.setDirtyLog(activeDirtyLog, usedLogAddress: v.usedLogAddress)
         // Devices whose queues share state (vsock) keep all of them on one poller.
         let poller: Poller
         if device.queuesSharePoller {
@@ -448,6 +504,7 @@ final class VhostUserSession {
         features = 0
         status = 0
         inflight = nil
+        dirtyLog = nil
         device.reset()
     }
 
