@@ -16,17 +16,7 @@ public final class DirtyLog {
     /// Maps the log the frontend passed: at most 1 GiB of bitmap (32 TiB of guest memory), from an fd that really
     /// holds it (mapping past its end would fault on first touch).
     public init(fd: Int32, mmapSize: UInt64, offset: UInt64) throws {
-        guard mmapSize > 0, mmapSize <= 1 << 30, offset <= 1 << 40, offset % UInt64(getpagesize()) == 0 else {
-            throw SystemError("dirty log of \(mmapSize) bytes at \(offset)", errno: EINVAL)
-        }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SystemError("fstat(log fd)", errno: errno) }
-        guard st.st_mode & S_IFMT == S_IFREG, UInt64(st.st_size) >= offset + mmapSize else {
-            throw SystemError("log fd holds \(st.st_size) bytes, not \(offset + mmapSize)", errno: EINVAL)
-        }
-        let p = mmap(nil, Int(mmapSize), PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(offset))
-        guard let p, p != MAP_FAILED else { throw SystemError("mmap(log)", errno: errno) }
-        base = p
+        base = try mapFrontendFile(fd: fd, length: mmapSize, offset: offset, what: "dirty log")
         size = mmapSize
     }
 

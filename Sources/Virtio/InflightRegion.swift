@@ -46,18 +46,10 @@ public final class InflightMemory {
     public init(fd: Int32, mmapSize: UInt64, offset: UInt64, numQueues: Int, queueSize: Int) throws {
         guard (1...1024).contains(numQueues), queueSize > 0, queueSize <= Int(SplitVirtqueue.maxSize),
               queueSize & (queueSize - 1) == 0,
-              mmapSize >= UInt64(numQueues * InflightMemory.regionSize(queueSize: queueSize)),
-              mmapSize <= 1 << 30, offset <= 1 << 40, offset % UInt64(getpagesize()) == 0 else {
-            throw SystemError("inflight region (\(numQueues) queues of \(queueSize), \(mmapSize) bytes at \(offset))", errno: EINVAL)
+              mmapSize >= UInt64(numQueues * InflightMemory.regionSize(queueSize: queueSize)) else {
+            throw SystemError("inflight region (\(numQueues) queues of \(queueSize), \(mmapSize) bytes)", errno: EINVAL)
         }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SystemError("fstat(inflight fd)", errno: errno) }
-        guard st.st_mode & S_IFMT == S_IFREG, UInt64(st.st_size) >= offset + mmapSize else {
-            throw SystemError("inflight fd holds \(st.st_size) bytes, not \(offset + mmapSize)", errno: EINVAL)
-        }
-        let p = mmap(nil, Int(mmapSize), PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(offset))
-        guard let p, p != MAP_FAILED else { throw SystemError("mmap(inflight)", errno: errno) }
-        base = p
+        base = try mapFrontendFile(fd: fd, length: mmapSize, offset: offset, what: "inflight region")
         self.mmapSize = mmapSize
         self.numQueues = numQueues
         self.queueSize = queueSize
