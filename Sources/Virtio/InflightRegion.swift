@@ -32,9 +32,9 @@ public final class InflightMemory {
             throw SystemError("ftruncate(inflight)", errno: e)
         }
         do {
-            let m = try InflightMemory(fd: fd, mmapSize: size, offset: 0, numQueues: numQueues, queueSize: queueSize)
-            for q in 0..<numQueues { m.queue(q, size: queueSize)?.initialise(usedIdx: 0) }
-            return (m, fd)
+            // Left zeroed (version 0): each queue's region is initialised when its ring first starts, from the
+            // ring's own used index, and a fresh region never moves the ring's base.
+            return (try InflightMemory(fd: fd, mmapSize: size, offset: 0, numQueues: numQueues, queueSize: queueSize), fd)
         } catch {
             closeFD(fd)
             throw error
@@ -104,12 +104,12 @@ public struct SplitInflight {
     }
 
     /// After a restart: finishes the last batch a crash may have interrupted, and returns the heads that were in
-    /// flight in the order they were taken. Every value read here is the frontend's to forge: indexes are
-    /// checked, walks are bounded.
-    mutating func recover(ringUsedIdx: UInt16) -> [UInt16] {
+    /// flight in the order they were taken; nil for a region no backend has used yet (it is initialised now).
+    /// Every value read here is the frontend's to forge: indexes are checked, walks are bounded.
+    mutating func recover(ringUsedIdx: UInt16) -> [UInt16]? {
         guard version == 1, Int(descNum) == size else {
             initialise(usedIdx: ringUsedIdx)
-            return []
+            return nil
         }
         // used->idx moved past used_idx: that batch reached the driver, but its inflight flags may not be cleared.
         var batch = Int(ringUsedIdx &- usedIdx)

@@ -59,16 +59,19 @@ public final class SplitVirtqueue {
         publishedIdx = usedIdx
     }
 
-    /// Records in-flight requests in `region` from now on. If it says requests were in flight when the previous
-    /// backend stopped, they come first out of popHead(), in their original order, and the avail ring resumes
+    /// Records in-flight requests in `region` from now on. If a previous backend used it and it says requests were
+    /// in flight when that backend stopped, they come first out of popHead(), in their original order, and the avail ring resumes
     /// after them (whatever base the frontend set: a frontend that lost its backend rewinds to the used index).
     /// Returns how many will be resubmitted. Before the ring goes to its poller.
     public func trackInflight(_ region: SplitInflight) -> Int {
         var r = region
-        resubmit = r.recover(ringUsedIdx: usedIdx)
+        defer { inflight = r }
+        // A region no backend has used yet (a new device, or a migration's destination) says nothing: the base the
+        // frontend set stands.
+        guard let heads = r.recover(ringUsedIdx: usedIdx) else { return 0 }
+        resubmit = heads
         resubmitNext = 0
         lastAvailIdx = usedIdx &+ UInt16(truncatingIfNeeded: resubmit.count)
-        inflight = r
         return resubmit.count
     }
 

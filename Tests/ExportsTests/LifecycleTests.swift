@@ -33,6 +33,19 @@ final class LifecycleTests: ExportTestCase {
         XCTAssertEqual(s.requests(0), 7)
     }
 
+    /// QEMU 7.2 stops a device (live migration, guest reset) with SET_STATUS 0 and only then asks each ring for
+    /// its base, which the migration stream carries to the destination: the base must survive the status change.
+    func testStatusZeroStopsTheRingsAndKeepsTheirBases() throws {
+        let s = try serve(options: "num-queues=2")
+        let c = try BlkTestClient(socket: s.socket, queueCount: 2)
+        for i in 0..<3 { XCTAssertEqual(try c.read(sector: UInt64(i), count: 512).0, Status.ok) }
+        XCTAssertEqual(try c.read(sector: 0, count: 512, queue: 1).0, Status.ok)
+        XCTAssertEqual(try c.frontend.command(.setStatus, payload: c.frontend.u64Payload(0x0f)), 0)
+        XCTAssertEqual(try c.frontend.command(.setStatus, payload: c.frontend.u64Payload(0)), 0)
+        XCTAssertEqual(try c.frontend.getVringBase(0), 3)
+        XCTAssertEqual(try c.frontend.getVringBase(1), 1)
+    }
+
     func testGetVringBaseOfANeverStartedRingIsItsBase() throws {
         let s = try serve(options: "num-queues=2")
         let c = try BlkTestClient(socket: s.socket, queueCount: 1)

@@ -252,7 +252,13 @@ final class VhostUserSession {
         case .setStatus:
             try expectPayload(m, 8)
             let s = UInt8(truncatingIfNeeded: try r.u64(0))
-            if s == 0 && status != 0 { resetDevice() }
+            // QEMU 7.2 sends status 0 at every vhost stop (migration, guest reset, shutdown), then asks each ring
+            // for its base: the rings stop, and each keeps its base for GET_VRING_BASE (wiping them here made a
+            // migrated guest resume at index 0). The next start sets everything again.
+            if s == 0 && status != 0 {
+                for i in vrings.indices { stopVring(i) }
+                device.reset()
+            }
             status = s
         case .getStatus:
             try connection.replyU64(to: m.request, UInt64(status))
@@ -346,7 +352,7 @@ final class VhostUserSession {
         }
         updateDirtyLogging()
         try connection.replyU64(to: m.request, 0)
-        logger.info("dirty log: \(dirtyLog!.size) bytes (guest memory up to \(dirtyLog!.size * 8 * DirtyLog.pageSize >> 20) MiB)")
+        logger.info("dirty log: \(dirtyLog!.size) bytes (guest memory up to \((dirtyLog!.size * 8 * DirtyLog.pageSize) >> 20) MiB)")
     }
 
     /// The log each ring writes to: the bitmap while LOG_ALL is acked, else none.
