@@ -32,6 +32,8 @@ final class VhostUserSession {
     private var vrings: [Vring]
     private var status: UInt8 = 0
     private var sessionPoller: Poller?
+    /// Told which poller serves a queue (nil once it stops), for the export's stats; control thread.
+    var onPlacement: (_ queue: Int, _ poller: Int?) -> Void = { _, _ in }
 
     /// What this backend supports of the protocol.
     static let supportedProtocolFeatures: UInt64 =
@@ -360,6 +362,7 @@ final class VhostUserSession {
         let dev = device
         let slot = try poller.attach(binding) { ctx in try dev.makeQueueHandler(context: ctx) }
         vrings[i].running = (poller, slot)
+        onPlacement(i, poller.id)
         logger.info("queue \(i) started on poller \(poller.id) (size \(v.num), avail base \(v.base))")
     }
 
@@ -367,6 +370,7 @@ final class VhostUserSession {
         guard let (p, s) = vrings[i].running else { return }
         vrings[i].base = p.detach(slot: s)
         vrings[i].running = nil
+        onPlacement(i, nil)
         logger.info("queue \(i) stopped at avail index \(vrings[i].base)")
     }
 
