@@ -184,7 +184,7 @@ struct VdevdCommand: ParsableCommand {
                     logger.notice("SIGHUP: no config file to read again")
                     continue
                 }
-                SystemdNotify.send("RELOADING=1")
+                SystemdNotify.send("RELOADING=1\nMONOTONIC_USEC=\(monotonicMicros())")
                 do {
                     let newConfig = try ConfigFile.load(path: config)
                     var all = newConfig.exports

@@ -62,7 +62,7 @@ public struct ConfigFile: Equatable {
             if key == "cpus", let a = v.array {
                 var parts: [String] = []
                 for i in 0..<a.count {
-                    guard let n = a[i].int else { throw fail("expected CPU numbers, got a \(a[i].type)") }
+                    guard let n = a[i].int else { throw fail("expected CPU numbers, got \(article(a[i].type))") }
                     parts.append(String(n))
                 }
                 text = parts.joined(separator: ",")
@@ -88,7 +88,7 @@ public struct ConfigFile: Equatable {
         guard let typeValue = t["type"] else {
             throw fail("type", "required (\(ExportSpec.Kind.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")))")
         }
-        guard let typeName = typeValue.string else { throw fail("type", "expected a string, got a \(typeValue.type)") }
+        guard let typeName = typeValue.string else { throw fail("type", "expected a string, got \(article(typeValue.type))") }
         let keyTable = ExportSpec.Kind(rawValue: typeName).flatMap { ExportSpec.keys[$0] } ?? []
         var pairs: [(key: String, value: String)] = []
         for key in t.keys where key != "type" {
@@ -119,7 +119,13 @@ public struct ConfigFile: Equatable {
             return "0" + String(n, radix: 8)
         case .int: return String(v.int!)
         case .bool: return v.bool! ? "on" : "off"
-        default: throw ValueTypeError(message: "expected a string, an integer or a boolean, got a \(v.type)")
+        default: throw ValueTypeError(message: "expected a string, an integer or a boolean, got \(article(v.type))")
         }
     }
+}
+
+/// "an integer", "a string": a TOML type as an error message names it.
+func article(_ t: TOMLType) -> String {
+    let d = "\(t)"
+    return (d.first.map { "aeiou".contains($0) } ?? false ? "an " : "a ") + d
 }
