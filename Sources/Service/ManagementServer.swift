@@ -63,10 +63,11 @@ public final class ManagementServer {
                 conn.write(ManagementReply.failure("too many management clients (\(Self.maxClients))").encoded())
                 continue
             }
-            _ = spawnThread { [self] in
+            // Detached: nobody joins a client's thread; `stop()` waits for the count instead.
+            pthread_detach(spawnThread { [self] in
                 serve(conn)
                 lock.withLock { clients -= 1 }
-            }
+            })
         }
     }
 

@@ -10,6 +10,8 @@ struct VdevCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vdevctl",
         abstract: "Manage a running vdevd through its management socket.",
+        usage: "vdevctl [--socket PATH] <subcommand> [--json]",
+        discussion: "--socket PATH names the management socket (default \(DaemonSettings.defaultManagementSocket)); it may come before or after the subcommand. Tables for people, --json (list, stats) for scripts. Exit status 1 when vdevd refuses or cannot be reached, 2 for bad usage.",
         subcommands: [List.self, Add.self, Remove.self, Stats.self, Metrics.self]
     )
 
