@@ -161,4 +161,28 @@ final class ServiceLifecycleTests: ServiceTestCase {
         XCTAssertEqual(p.terminationStatus, 0, text)
         XCTAssertFalse(text.contains("vdevd.service"), text)
     }
+
+    func testJSONLogLinesCarryTheExportID() throws {
+        let img = try image(), mgmt = path("m.sock")
+        let d = try launch(["--log-format", "json", "--management-socket", mgmt, "--export", blk("j0", img, path("j0.sock"))])
+        guard waitLog(d, "vdevd ready") else { return }
+        XCTAssertTrue(try manage(mgmt, ["command": "remove", "id": "j0"]).ok)
+        stop(d)
+        let lines = d.err().split(separator: "\n")
+        XCTAssertGreaterThan(lines.count, 4)
+        var aboutExport = 0
+        for line in lines {
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String]
+            XCTAssertNotNil(object, String(line))
+            guard let o = object else { continue }
+            XCTAssertNotNil(o["level"])
+            XCTAssertNotNil(o["time"])
+            let message = o["message"] ?? ""
+            if message.hasPrefix("listening on") || message.hasPrefix("queue 0 totals") || message == "export removed" {
+                XCTAssertEqual(o["export"], "j0", String(line))
+                aboutExport += 1
+            }
+        }
+        XCTAssertEqual(aboutExport, 3, d.err())
+    }
 }
