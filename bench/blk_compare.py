@@ -91,7 +91,7 @@ def stop(proc):
         proc.wait()
 
 
-def bench(socks, rw, iodepth, queues, seconds, label, bs="4k", size_mib=None, backend=None):
+def bench(socks, rw, iodepth, queues, seconds, label, bs="4k", size_mib=None, backend=None, extra=()):
     """Runs vdev-bench pinned to LOADGEN_CPU against `socks`; returns its JSON result line as a dict. Fails
     (rather than waits) if the `backend` process exits during the run."""
     threads = 1 if len(socks) > 1 else queues
@@ -101,7 +101,7 @@ def bench(socks, rw, iodepth, queues, seconds, label, bs="4k", size_mib=None, ba
         size_mib = max(1, 64 // len(socks))
     cmd = ["taskset", "-c", LOADGEN_CPU, os.path.join(REL, "vdev-bench"), "--rw", rw, "--bs", bs,
            "--iodepth", str(iodepth), "--queues", str(queues), "--threads", str(threads), "--seconds", str(seconds),
-           "--label", label, "--size-mib", str(size_mib)]
+           "--label", label, "--size-mib", str(size_mib), *extra]
     for s in socks:
         cmd += ["--socket", s]
     with tempfile.TemporaryFile("w+") as out:

@@ -122,17 +122,18 @@ def reset_zram(sysdir):
     print(f"warning: could not reset {sysdir}; run: echo 1 > {sysdir}/reset", file=sys.stderr)
 
 
-def run_backend(kind, backing, case, seconds, size_mib, label):
+def run_backend(kind, backing, case, seconds, size_mib, label, vdevd_keys="", bench_args=()):
+    """One backend on one cell; `vdevd_keys` are added to vdevd's export keys, `bench_args` to vdev-bench's."""
     rw, bs, iodepth, exports = CASES[case]
     work = tempfile.mkdtemp(prefix="vdevd-matrix-sock-")
     try:
         proc, socks, log = start_backend(kind, work, [backing.path] * exports,
-                                         vdevd_keys=",direct=on" if backing.direct else "",
+                                         vdevd_keys=(",direct=on" if backing.direct else "") + vdevd_keys,
                                          qsd_driver="host_device" if backing.block_device else "file",
                                          direct=backing.direct)
         try:
             c0 = cpu_ticks(proc.pid)
-            r = bench(socks, rw, iodepth, 1, seconds, label, bs=bs, size_mib=size_mib, backend=proc)
+            r = bench(socks, rw, iodepth, 1, seconds, label, bs=bs, size_mib=size_mib, backend=proc, extra=bench_args)
             c1 = cpu_ticks(proc.pid)
         finally:
             stop(proc)

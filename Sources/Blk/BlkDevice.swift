@@ -169,6 +169,14 @@ public final class BlkDevice: VirtioDevice {
 
     public func featuresAcked(_ features: UInt64) {}
 
+    /// Reads, writes, flushes, discards: each may run twice, so one in flight at a crash is started again.
+    public var resubmitsInflight: Bool { true }
+
+    /// O_DIRECT through io_uring pins the guest's pages for every request unless they are registered once.
+    public var usesFixedBuffers: Bool {
+        options.fixedBuffers && options.direct && options.engine == .ioUring && !servesInline
+    }
+
     public func makeQueueHandler(context: QueueContext) throws -> QueueHandler {
         switch options.engine {
         case .ioUring: return BlkQueue(device: self, context: context, io: .uring(context.ioRing))

@@ -11,6 +11,8 @@ public struct BlkOptions: Equatable {
     public var engine: Engine = .ioUring
     /// Serve requests inline when the image is on tmpfs/ramfs (nothing there waits for a device).
     public var inlineIO = true
+    /// Register guest memory with io_uring (O_DIRECT on io_uring, memory that is already allocated).
+    public var fixedBuffers = true
 
     /// How requests reach the file: io_uring, or Linux AIO for kernels with io_uring disabled.
     public enum Engine: String, CaseIterable {

@@ -50,6 +50,11 @@ final class BlkQueue: QueueHandler {
     private(set) var inflight = 0
     private(set) var abandonedInFlight = 0
     private var bounce = BounceBuffer()
+    /// io_uring only: the image's slot in the ring's file table (-1: none), and where guest memory lies in the
+    /// ring's registered buffers.
+    private let uring: IORing?
+    private let fileIndex: Int32
+    private var fixed: FixedBufferMap?
     /// A request is back on the avail ring until a bounce buffer frees up (at a completion).
     private var waitingForBounce = false
     /// Fairness between queues on one poller: at most this many new requests per pass.
@@ -79,7 +84,21 @@ final class BlkQueue: QueueHandler {
         }
         freeList = (0..<UInt32(slotCount)).reversed().map { $0 }
         freeList.reserveCapacity(slotCount)
+        if case .uring(let r) = io, !device.servesInline {
+            uring = r
+            fileIndex = r.registerFile(device.fd)
+        } else {
+            uring = nil
+            fileIndex = -1
+        }
+        fixed = context.fixedBuffers
     }
+
+    func detached() {
+        if fileIndex >= 0 { uring?.unregisterFile(fd) }
+    }
+
+    func fixedBuffersChanged(_ map: FixedBufferMap?) { fixed = map }
 
     deinit {
         for i in 0..<slotCount {
@@ -243,6 +262,15 @@ final class BlkQueue: QueueHandler {
             return true
         }
         let ud = IORing.userData(slot: slotID, tag: tag)
+        if fileIndex >= 0, let uring {
+            var buf: Int32 = -1
+            if count == 1, !bounced, let fixed {
+                buf = fixed.index(of: iov.pointee.iov_base!, length: iov.pointee.iov_len)
+                if buf >= 0 { stats.add(.fixedBuffers) }
+            }
+            return uring.rwRegistered(write: s.pointee.isWrite, fileIndex: fileIndex, iov: iov, count: count, bufIndex: buf,
+                                      offset: offset, flags: flags, userData: ud)
+        }
         return s.pointee.isWrite ? ring.writev(fd: fd, iov: iov, count: count, offset: offset, flags: flags, userData: ud)
                                  : ring.readv(fd: fd, iov: iov, count: count, offset: offset, userData: ud)
     }

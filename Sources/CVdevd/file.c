@@ -90,6 +90,14 @@ int32_t vdv_backing_probe(int32_t fd, vdv_backing_info *info) {
     return 0;
 }
 
+int32_t vdv_memory_fd_allocated(int32_t fd, uint64_t length) {
+    struct statfs fs;
+    if (fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC) return 1;  // pages come from the reserved pool
+    struct stat st;
+    if (fstat(fd, &st) < 0) return 0;
+    return (uint64_t)st.st_blocks * 512 >= length;
+}
+
 int32_t vdv_blk_discard(int32_t fd, uint64_t offset, uint64_t len) {
     uint64_t range[2] = { offset, len };
     return ioctl(fd, BLKDISCARD, range) < 0 ? -errno : 0;

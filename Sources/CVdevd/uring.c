@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <liburing.h>
 
 struct vdv_uring { struct io_uring ring; };
@@ -99,6 +101,57 @@ int32_t vdv_uring_prep_rw(vdv_uring *r, int32_t op, int32_t fd, const void *iov,
         io_uring_prep_writev2(sqe, fd, (const struct iovec *)iov, iovcnt, offset, (int)rw_flags);
     io_uring_sqe_set_data64(sqe, user_data);
     return 0;
+}
+
+int32_t vdv_uring_prep_rw_registered(vdv_uring *r, int32_t op, int32_t file_index, const void *iov, uint32_t iovcnt,
+                                     int32_t buf_index, uint64_t offset, uint32_t rw_flags, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    const struct iovec *v = (const struct iovec *)iov;
+    if (buf_index >= 0) {
+        // One segment inside one registered buffer: READ_FIXED / WRITE_FIXED, no page pinning per request.
+        if (op == VDV_OP_READV) io_uring_prep_read_fixed(sqe, file_index, v->iov_base, (unsigned)v->iov_len, offset, buf_index);
+        else io_uring_prep_write_fixed(sqe, file_index, v->iov_base, (unsigned)v->iov_len, offset, buf_index);
+        sqe->rw_flags = (int)rw_flags;
+    } else if (op == VDV_OP_READV) {
+        io_uring_prep_readv2(sqe, file_index, v, iovcnt, offset, (int)rw_flags);
+    } else {
+        io_uring_prep_writev2(sqe, file_index, v, iovcnt, offset, (int)rw_flags);
+    }
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+// ---- registered files and buffers ----
+
+int32_t vdv_uring_files_sparse(vdv_uring *r, uint32_t count) { return io_uring_register_files_sparse(&r->ring, count); }
+
+int32_t vdv_uring_set_file(vdv_uring *r, uint32_t index, int32_t fd) {
+    int rc = io_uring_register_files_update(&r->ring, index, &fd, 1);
+    return rc < 0 ? rc : 0;
+}
+
+int32_t vdv_uring_buffers_sparse(vdv_uring *r, uint32_t count) { return io_uring_register_buffers_sparse(&r->ring, count); }
+
+int32_t vdv_uring_set_buffer(vdv_uring *r, uint32_t index, void *addr, uint64_t len) {
+    struct iovec v = { .iov_base = addr, .iov_len = (size_t)len };
+    __u64 tag = 0;
+    int rc = io_uring_register_buffers_update_tag(&r->ring, index, &v, &tag, 1);
+    return rc < 0 ? rc : 0;
+}
+
+// IORING_REGISTER_CLONE_BUFFERS (Linux 6.12; DST_REPLACE 6.13), spelled out: liburing 2.3 predates it.
+struct vdv_clone_buffers { uint32_t src_fd, flags, src_off, dst_off, nr, pad[3]; };
+enum { VDV_REGISTER_CLONE_BUFFERS = 30, VDV_REGISTER_DST_REPLACE = 1u << 1 };
+
+int32_t vdv_uring_clone_buffers(vdv_uring *dst, vdv_uring *src) {
+    struct vdv_clone_buffers arg;
+    memset(&arg, 0, sizeof(arg));
+    arg.src_fd = (uint32_t)src->ring.ring_fd;
+    arg.flags = VDV_REGISTER_DST_REPLACE;
+    long rc = syscall(__NR_io_uring_register, dst->ring.ring_fd, VDV_REGISTER_CLONE_BUFFERS, &arg, 1);
+    return rc < 0 ? -errno : 0;
 }
 
 int32_t vdv_uring_prep_fsync(vdv_uring *r, int32_t fd, int32_t datasync, uint64_t user_data) {

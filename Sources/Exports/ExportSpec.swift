@@ -48,6 +48,7 @@ public struct ExportSpec: Equatable {
             Key(name: "write-cache", help: "on|off: initial write-back cache (default on)", required: false),
             Key(name: "engine", help: "io_uring|aio (default io_uring)", required: false),
             Key(name: "inline-io", help: "auto|off: inline I/O for tmpfs images (auto)", required: false),
+            Key(name: "fixed-buffers", help: "auto|off: register allocated guest RAM, direct=on (auto)", required: false),
             Key(name: "poller", help: "poller index (default: least loaded)", required: false),
         ] + socketKeys,
         .vhostUserVsock: [
@@ -203,6 +204,12 @@ public struct ExportSpec: Equatable {
                 throw ExportSpecError(export: id, key: "inline-io", message: "expected auto or off, got '\(v)'")
             }
             blk.inlineIO = v == "auto"
+        }
+        if let v = values["fixed-buffers"] {
+            guard v == "auto" || v == "off" else {
+                throw ExportSpecError(export: id, key: "fixed-buffers", message: "expected auto or off, got '\(v)'")
+            }
+            blk.fixedBuffers = v == "auto"
         }
         if let e = values["engine"] {
             guard let engine = BlkOptions.Engine(rawValue: e) else {

@@ -30,6 +30,8 @@ struct BlkBench: ParsableCommand {
     @Option(help: "Run time in seconds.") var seconds: Double = 5
     @Option(help: "Use only the first N MiB of the device (default: all of it).") var sizeMib: UInt64?
     @Flag(help: "Stamp written sectors with their LBA and check every stamped sector read back.") var verify = false
+    @Flag(name: .customLong("prealloc-ram"), help: "Allocate every page of guest RAM up front (QEMU's prealloc=on; hugepage setups are like this).")
+    var preallocRAM = false
     @Option(help: "Label for the JSON line.") var label: String = "vdev-bench"
 
     func run() throws {
@@ -56,7 +58,8 @@ struct BlkBench: ParsableCommand {
         var workers: [BenchQueue] = []
         for (n, path) in socket.enumerated() {
             let client = try BlkTestClient(socket: path, queueCount: queues, queueSize: qsize,
-                                           ramSize: perQueue * UInt64(queues) + (4 << 20), features: nil)
+                                           ramSize: perQueue * UInt64(queues) + (4 << 20), features: nil,
+                                           preallocateRAM: preallocRAM)
             clients.append(client)
             let cfg = try client.frontend.getConfig(offset: 0, size: 8)
             var sectors = cfg.u64(0)

@@ -19,9 +19,9 @@ public final class BlkTestClient {
 
     /// Connects and negotiates; `features` = nil acks everything offered but protocol-features' own bit is kept.
     public init(socket: String, queueCount: Int = 1, queueSize: UInt16 = 128, ramSize: UInt64 = 64 << 20,
-                features: UInt64? = nil, useAddMemReg: Bool = false) throws {
+                features: UInt64? = nil, useAddMemReg: Bool = false, preallocateRAM: Bool = false) throws {
         frontend = try VhostUserFrontend(path: socket)
-        ram = try GuestRAM(size: ramSize, guestAddress: 0x1_0000_0000)
+        ram = try GuestRAM(size: ramSize, guestAddress: 0x1_0000_0000, preallocate: preallocateRAM)
         deviceFeatures = try frontend.getU64(.getFeatures)
         protocolFeatures = try frontend.getU64(.getProtocolFeatures)
         try frontend.setProtocolFeatures(protocolFeatures & ((1 << 0) | (1 << 3) | (1 << 9) | (1 << 13) | (1 << 15) | (1 << 16)))

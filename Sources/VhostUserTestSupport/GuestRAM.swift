@@ -14,10 +14,15 @@ public final class GuestRAM {
     public let base: UnsafeMutableRawPointer
     private var next: UInt64 = 0
 
-    public init(size: UInt64, guestAddress: UInt64 = 0, name: String = "guest-ram") throws {
+    /// `preallocate`: every page gets memory now, as QEMU's `prealloc=on` does (else pages come on first touch).
+    public init(size: UInt64, guestAddress: UInt64 = 0, name: String = "guest-ram", preallocate: Bool = false) throws {
         let fd = vdv_memfd_create(name)
         guard fd >= 0 else { throw TestSupportError("memfd_create: \(-fd)") }
         guard ftruncate(fd, off_t(size)) == 0 else { throw TestSupportError("ftruncate: \(errno)") }
+        if preallocate {
+            let rc = vdv_fallocate(fd, 0, 0, size)
+            guard rc == 0 else { throw TestSupportError("fallocate: \(-rc)") }
+        }
         let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let p, p != MAP_FAILED else { throw TestSupportError("mmap: \(errno)") }
         self.fd = fd

@@ -11,6 +11,7 @@ public final class VhostUserFrontend {
              setVringAddr, setVringBase, getVringBase, setVringKick, setVringCall, setVringErr,
              getProtocolFeatures, setProtocolFeatures, getQueueNum, setVringEnable
         case getConfig = 24, setConfig = 25
+        case getInflightFD = 31, setInflightFD = 32
         case resetDevice = 34
         case getMaxMemSlots = 36, addMemReg = 37, remMemReg = 38, setStatus = 39, getStatus = 40
     }
@@ -65,6 +66,25 @@ public final class VhostUserFrontend {
         let req = header.u32(0), flags = header.u32(4), size = Int(header.u32(8))
         let payload = size > 0 ? try readExactly(size) : []
         return (req, flags, payload)
+    }
+
+    /// Sends a request whose reply carries an fd (GET_INFLIGHT_FD): returns the reply's payload and the fd.
+    public func callReceivingFD(_ request: UInt32, payload: [UInt8]) throws -> (payload: [UInt8], fd: Int32?) {
+        try send(request, payload: payload)
+        var header = [UInt8](repeating: 0, count: 12)
+        var fds = [Int32](repeating: -1, count: 4)
+        var nfds: UInt32 = 0
+        var truncated: Int32 = 0
+        let n = header.withUnsafeMutableBytes { h in
+            fds.withUnsafeMutableBufferPointer { vdv_recv_with_fds(fd, h.baseAddress, 12, $0.baseAddress, 4, &nfds, &truncated) }
+        }
+        guard n == 12 else { throw TestSupportError("reply header: \(n)") }
+        let size = Int(header.u32(8))
+        let body = size > 0 ? try readExactly(size) : []
+        guard header.u32(0) == request, header.u32(4) & 0x4 != 0 else {
+            throw TestSupportError("reply to \(request) has request \(header.u32(0)) flags \(header.u32(4))")
+        }
+        return (body, nfds > 0 ? fds[0] : nil)
     }
 
     private func readExactly(_ n: Int) throws -> [UInt8] {

@@ -85,6 +85,54 @@ public final class IORing {
         note(vdv_uring_prep_blk_discard(ring, fd, offset, length, userData))
     }
 
+    /// A read or write on a registered file (`fileIndex`, from registerFile). bufIndex >= 0: the single iovec lies
+    /// in that registered buffer (READ_FIXED / WRITE_FIXED).
+    @inline(__always)
+    public func rwRegistered(write: Bool, fileIndex: Int32, iov: UnsafeRawPointer, count: Int, bufIndex: Int32,
+                             offset: UInt64, flags: UInt32, userData: UInt64) -> Bool {
+        note(vdv_uring_prep_rw_registered(ring, Int32(write ? VDV_OP_WRITEV : VDV_OP_READV), fileIndex, iov, UInt32(count),
+                                          bufIndex, offset, flags, userData))
+    }
+
+    // MARK: registered files (poller thread only)
+
+    private static let fileSlots: UInt32 = 256
+    private var fileTableReady: Bool?
+    private var files: [Int32: (index: Int32, refs: Int)] = [:]
+    private var freeFileSlots: [Int32] = []
+
+    /// Puts fd in the ring's file table (or takes another reference on it): its requests then skip the per-request
+    /// file lookup and reference counting. Returns the slot, or -1 where the kernel or the table says no.
+    public func registerFile(_ fd: Int32) -> Int32 {
+        if let f = files[fd] {
+            files[fd] = (f.index, f.refs + 1)
+            return f.index
+        }
+        if fileTableReady == nil {
+            fileTableReady = vdv_uring_files_sparse(ring, IORing.fileSlots) == 0
+            freeFileSlots = (0..<Int32(IORing.fileSlots)).reversed().map { $0 }
+        }
+        guard fileTableReady == true, let index = freeFileSlots.popLast() else { return -1 }
+        guard vdv_uring_set_file(ring, UInt32(index), fd) == 0 else {
+            freeFileSlots.append(index)
+            return -1
+        }
+        files[fd] = (index, 1)
+        return index
+    }
+
+    /// One reference less on a registered fd; the last one empties its slot (requests in flight keep the file).
+    public func unregisterFile(_ fd: Int32) {
+        guard let f = files[fd] else { return }
+        if f.refs > 1 {
+            files[fd] = (f.index, f.refs - 1)
+            return
+        }
+        files[fd] = nil
+        _ = vdv_uring_set_file(ring, UInt32(f.index), -1)
+        freeFileSlots.append(f.index)
+    }
+
     /// Asks the kernel to cancel the operation with this user_data; its own completion says how it ended.
     public func cancel(userData: UInt64) -> Bool {
         guard inFlight + 1 <= cqEntries else { return false }

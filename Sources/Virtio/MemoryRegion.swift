@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CVdevd
 
 /// One region of guest RAM, mapped from an fd the frontend passed (vhost-user SET_MEM_TABLE / ADD_MEM_REG).
 /// Unmapped when the last holder lets go, so a poller still using an old table keeps it alive.
@@ -11,6 +12,9 @@ public final class MemoryRegion {
     public let mmapOffset: UInt64
     /// Host address of guestAddress.
     public let host: UnsafeMutableRawPointer
+    /// Every page of the region already has memory behind it (hugetlbfs, or a preallocated memfd): registering
+    /// it with io_uring (which pins every page) costs no new memory.
+    public let allocated: Bool
     private let mapBase: UnsafeMutableRawPointer
     private let mapLength: Int
 
@@ -41,6 +45,7 @@ public final class MemoryRegion {
         self.mmapOffset = mmapOffset
         self.mapBase = p
         self.mapLength = length
+        self.allocated = vdv_memory_fd_allocated(fd, UInt64(length)) == 1
         self.host = p + Int(mmapOffset)
     }
 

@@ -14,6 +14,8 @@ public final class Poller {
     public let ioRing: IORing
     /// Busy and idle time, for the operator's stats.
     public let stats = PollerStats()
+    /// Guest memory registered with ioRing for fixed-buffer queues (control threads manage it).
+    public let fixedBufferTable: FixedBufferTable
 
     private let epfd: Int32
     private let control: EventFD
@@ -62,9 +64,9 @@ public final class Poller {
     private var assignedCount = 0
 
     enum Command {
-        case attach(QueueBinding, (QueueContext) throws -> QueueHandler, Completion<Result<UInt16, Error>>)
+        case attach(QueueBinding, FixedBufferMap?, (QueueContext) throws -> QueueHandler, Completion<Result<UInt16, Error>>)
         case detach(UInt16, Completion<UInt16>)
-        case updateMemory([UInt16], GuestMemory, Completion<Void>)
+        case updateMemory([UInt16], GuestMemory, [UInt16: FixedBufferMap?], Completion<Void>)
         case replaceCall(UInt16, EventFD?, Completion<Void>)
         case exit
     }
@@ -132,6 +134,7 @@ public final class Poller {
         // A blk request may take 16 submissions at once (DISCARD ranges): the ring holds at least that.
         let entries = max(ringEntries, 16)
         ioRing = try IORing(entries: entries, cqEntries: entries * 4)
+        fixedBufferTable = FixedBufferTable(target: ioRing)
         control = try EventFD()
         epfd = try checkNegErrno("epoll_create1", vdv_epoll_create())
         commandsPending.initialize(to: 0)
@@ -169,15 +172,21 @@ public final class Poller {
 
     // MARK: control-side API (blocking until the poller has acted)
 
-    /// Starts serving a queue; returns its slot id on this poller.
-    public func attach(_ binding: QueueBinding, makeHandler: @escaping (QueueContext) throws -> QueueHandler) throws -> UInt16 {
+    /// Starts serving a queue; returns its slot id on this poller. With `fixedBuffers`, the queue's guest memory
+    /// is registered with the poller's io_uring first (here, on the calling thread: pinning can take a while).
+    public func attach(_ binding: QueueBinding, fixedBuffers: Bool = false,
+                       makeHandler: @escaping (QueueContext) throws -> QueueHandler) throws -> UInt16 {
         let done = Completion<Result<UInt16, Error>>()
+        let map = fixedBuffers ? fixedBufferTable.acquire(binding.vq.memory) : nil
         commandsLock.withLock { assignedCount += 1 }
-        send(.attach(binding, makeHandler, done))
+        send(.attach(binding, map, makeHandler, done))
         switch done.wait() {
-        case .success(let s): return s
+        case .success(let s):
+            if fixedBuffers { fixedBufferTable.remember(slot: s, map) }
+            return s
         case .failure(let e):
             commandsLock.withLock { assignedCount -= 1 }
+            fixedBufferTable.release(map)
             throw e
         }
     }
@@ -188,15 +197,26 @@ public final class Poller {
         send(.detach(slot, done))
         let r = done.wait()
         commandsLock.withLock { assignedCount -= 1 }
+        fixedBufferTable.release(fixedBufferTable.forget(slot: slot))
         return r
     }
 
     /// Hands a new memory table to running queues; returns once they use it. Mappings of the old table
-    /// that in-flight requests still point into are kept until those requests complete.
+    /// that in-flight requests still point into are kept until those requests complete; so are its pinned pages
+    /// (the kernel holds them for requests that use them).
     public func updateMemory(slots ids: [UInt16], memory: GuestMemory) {
+        var maps: [UInt16: FixedBufferMap?] = [:]
+        var old: [FixedBufferMap?] = []
+        for id in ids {
+            guard let held = fixedBufferTable.map(ofSlot: id) else { continue }
+            old.append(held)
+            maps[id] = fixedBufferTable.acquire(memory)
+        }
         let done = Completion<Void>()
-        send(.updateMemory(ids, memory, done))
+        send(.updateMemory(ids, memory, maps, done))
         done.wait()
+        for (id, map) in maps { fixedBufferTable.remember(slot: id, map) }
+        for m in old { fixedBufferTable.release(m) }
     }
 
     public func replaceCall(slot: UInt16, call: EventFD?) {
@@ -319,7 +339,7 @@ public final class Poller {
         if takenCommands.isEmpty { return false }
         for c in takenCommands {
             switch c {
-            case .attach(let binding, let make, let done):
+            case .attach(let binding, let map, let make, let done):
                 // A slot id is free once nothing can complete to it any more (zombies keep theirs).
                 let id = slots.indices.first(where: { slots[$0] == nil && completionTargets[$0] == nil }) ?? slots.count
                 guard id < Int(UInt16.max) else {
@@ -327,7 +347,7 @@ public final class Poller {
                     continue
                 }
                 do {
-                    let handler = try make(QueueContext(binding: binding, poller: self, slot: UInt16(id)))
+                    let handler = try make(QueueContext(binding: binding, poller: self, slot: UInt16(id), fixedBuffers: map))
                     if let kick = binding.kick { try addToEpoll(kick.fd, UInt64(id)) }
                     if id == slots.count {
                         slots.append(nil)
@@ -350,7 +370,7 @@ public final class Poller {
                 } else {
                     done.fulfill(0)
                 }
-            case .updateMemory(let ids, let memory, let done):
+            case .updateMemory(let ids, let memory, let maps, let done):
                 for id in ids where Int(id) < slots.count {
                     guard let slot = slots[Int(id)] else { continue }
                     if slot.handler.inflight > 0 {
@@ -362,6 +382,7 @@ public final class Poller {
                         pause(slot: Int(id))
                         slot.binding.onError(error)
                     }
+                    if let map = maps[id] { slot.handler.fixedBuffersChanged(map) }
                 }
                 done.fulfill(())
             case .replaceCall(let id, let fd, let done):

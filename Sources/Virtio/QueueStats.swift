@@ -12,6 +12,8 @@ public final class QueueStats {
         case timedOut
         /// A device's flow found making no progress while work was pending (vsock's stall detector).
         case stalls
+        /// Reads and writes issued on io_uring registered buffers (READ_FIXED / WRITE_FIXED).
+        case fixedBuffers
     }
     private let storage = UnsafeMutablePointer<UInt64>.allocate(capacity: Counter.allCases.count)
     public init() { storage.initialize(repeating: 0, count: Counter.allCases.count) }

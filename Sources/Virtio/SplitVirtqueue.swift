@@ -29,6 +29,13 @@ public final class SplitVirtqueue {
     private var signalledUsedValid = false
     /// Whether we asked the driver to kick us (notifications enabled).
     public private(set) var notificationsEnabled = true
+    /// In-flight tracking (vhost-user INFLIGHT_SHMFD), when the frontend gave a region for this ring.
+    private var inflight: SplitInflight?
+    /// Heads that were in flight when a previous backend died, handed out again before the avail ring.
+    private var resubmit: [UInt16] = []
+    private var resubmitNext = 0
+    private var lastPop: (head: UInt16, resubmitted: Bool) = (0, false)
+    private var publishedIdx: UInt16 = 0
 
     public init(index: Int, size: UInt32, addresses: VringAddresses, memory: GuestMemory, features: UInt64,
                 lastAvailIdx: UInt16) throws {
@@ -49,6 +56,20 @@ public final class SplitVirtqueue {
         // The used index is whatever the driver last saw; requests between it and lastAvailIdx were lost
         // with a previous backend (reconnect with in-flight tracking is its own feature).
         self.usedIdx = vdv_load_acquire_u16(u + 2)
+        publishedIdx = usedIdx
+    }
+
+    /// Records in-flight requests in `region` from now on. If it says requests were in flight when the previous
+    /// backend stopped, they come first out of popHead(), in their original order, and the avail ring resumes
+    /// after them (whatever base the frontend set: a frontend that lost its backend rewinds to the used index).
+    /// Returns how many will be resubmitted. Before the ring goes to its poller.
+    public func trackInflight(_ region: SplitInflight) -> Int {
+        var r = region
+        resubmit = r.recover(ringUsedIdx: usedIdx)
+        resubmitNext = 0
+        lastAvailIdx = usedIdx &+ UInt16(truncatingIfNeeded: resubmit.count)
+        inflight = r
+        return resubmit.count
     }
 
     /// virtio 1.3, 2.7: descriptor table 16-aligned, avail 2-aligned, used 4-aligned; sizes include event fields.
@@ -86,22 +107,41 @@ public final class SplitVirtqueue {
         let n = idx &- lastAvailIdx
         // virtio 1.3, 2.7.6: the driver cannot have more than queue-size entries outstanding.
         guard n <= size else { throw VirtqueueError.availIndexTooFar(n) }
-        return n
+        return n &+ UInt16(truncatingIfNeeded: resubmit.count - resubmitNext)
     }
 
-    /// Takes the next head index off the avail ring; nil when empty.
+    /// Takes the next head index off the avail ring (after any requests to resubmit); nil when empty.
     @inline(__always)
     public func popHead() throws -> UInt16? {
-        guard try pendingCount() > 0 else { return nil }
+        if resubmitNext < resubmit.count {
+            let head = resubmit[resubmitNext]
+            resubmitNext += 1
+            lastPop = (head, true)
+            return head
+        }
+        let idx = vdv_load_acquire_u16(avail + 2)
+        let n = idx &- lastAvailIdx
+        guard n <= size else { throw VirtqueueError.availIndexTooFar(n) }
+        guard n > 0 else { return nil }
         let slot = Int(lastAvailIdx & (size &- 1))
         let head = vdv_load_relaxed_u16(avail + 4 + 2 * slot)
         guard head < size else { throw VirtqueueError.headIndexOutOfRange(head) }
         lastAvailIdx &+= 1
+        lastPop = (head, false)
+        inflight?.started(head)
         return head
     }
 
-    /// Undo the last pop (the request could not be started for lack of a slot; it will be popped again).
-    public func unpop() { lastAvailIdx &-= 1 }
+    /// Undo the last pop (the request could not be started for lack of a slot; it will be popped again). Several
+    /// pops in a row may be undone only on a ring without in-flight tracking (vsock's rx).
+    public func unpop() {
+        if lastPop.resubmitted {
+            resubmitNext -= 1
+        } else {
+            lastAvailIdx &-= 1
+            inflight?.unstarted(lastPop.head)
+        }
+    }
 
     /// Walks and validates the chain starting at head (virtio 1.3, 2.7.5), filling seg with host buffers.
     /// Every descriptor is copied out of guest memory once and the copy is checked.
@@ -179,6 +219,7 @@ public final class SplitVirtqueue {
     /// Writes a used element (virtio 1.3, 2.7.8); visible to the driver after publishUsed().
     @inline(__always)
     public func pushUsed(head: UInt16, length: UInt32) {
+        inflight?.used(head)
         let slot = Int(usedIdx & (size &- 1))
         let e = used + 4 + 8 * slot
         e.storeBytes(of: UInt32(head), toByteOffset: 0, as: UInt32.self)
@@ -190,6 +231,8 @@ public final class SplitVirtqueue {
     @inline(__always)
     public func publishUsed() {
         vdv_store_release_u16(used + 2, usedIdx)
+        inflight?.published(count: Int(usedIdx &- publishedIdx), ringUsedIdx: usedIdx)
+        publishedIdx = usedIdx
     }
 
     /// Whether the driver wants an interrupt for what was published since the last call (2.7.7.2, 2.7.10).

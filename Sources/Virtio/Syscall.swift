@@ -11,6 +11,8 @@ public struct SystemError: Error, CustomStringConvertible, Equatable {
         self.errno = errno
     }
     public var description: String { "\(call): \(String(cString: strerror(errno))) (errno \(errno))" }
+    /// An errno as text: "Cannot allocate memory (errno 12)".
+    public static func describe(_ errno: Int32) -> String { "\(String(cString: strerror(errno))) (errno \(errno))" }
 }
 
 /// One errno policy for every syscall: retry on EINTR, throw the rest with the call's name.

@@ -17,10 +17,17 @@ public protocol VirtioDevice: AnyObject {
     func reset()
     /// True when all queues of one device must run on the same poller (they share connection state).
     var queuesSharePoller: Bool { get }
+    /// True when the device's queues want guest memory registered with their poller's io_uring (fixed buffers).
+    var usesFixedBuffers: Bool { get }
+    /// True when a request left in flight by a backend that died may simply be started again (blk): the device
+    /// offers in-flight tracking so a restarted backend resubmits exactly those.
+    var resubmitsInflight: Bool { get }
 }
 
 extension VirtioDevice {
     public var queuesSharePoller: Bool { false }
+    public var usesFixedBuffers: Bool { false }
+    public var resubmitsInflight: Bool { false }
 }
 
 /// Serves one queue on its poller. Every call happens on that poller's thread.
@@ -46,9 +53,12 @@ public protocol QueueHandler: AnyObject {
     func abandonInFlight() -> Int
     /// Requests failed by abandonInFlight whose completion has not come back from the device yet.
     var abandonedInFlight: Int { get }
+    /// The queue's memory changed, and with it where guest memory lies in the poller's registered buffers.
+    func fixedBuffersChanged(_ map: FixedBufferMap?)
 }
 
 extension QueueHandler {
+    public func fixedBuffersChanged(_ map: FixedBufferMap?) {}
     public func detached() {}
     public func cancelInFlight() {}
     public func abandonInFlight() -> Int { 0 }
@@ -65,6 +75,8 @@ public struct QueueContext {
     public let binding: QueueBinding
     public let poller: Poller
     public let slot: UInt16
+    /// Where the queue's guest memory lies in the poller's registered buffers (fixed-buffer devices only).
+    public let fixedBuffers: FixedBufferMap?
     public var ioRing: IORing { poller.ioRing }
     /// The poller's AIO context, created on first use (call on the poller thread, i.e. in makeQueueHandler).
     public func aio() throws -> AIOContext { try poller.aioContext() }

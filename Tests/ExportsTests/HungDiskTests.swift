@@ -13,40 +13,25 @@ import XCTest
 /// what is in flight, then fails what is left with IOERR. The hung disk is real: writes to a file on a frozen
 /// file system (fsfreeze) block in the kernel until it is thawed, and no cancel can take them back.
 final class HungDiskTests: ExportTestCase {
-    var mountPoint: String?
-
-    /// An ext4 file system on a loop device, mounted under the test folder; skipped where that cannot be done.
-    func mountScratchFileSystem() throws -> String {
-        let img = path("fs.img"), mnt = path("mnt")
-        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: img, contents: nil)
-        XCTAssertEqual(truncate(img, 64 << 20), 0)
-        let (mk, mkOut) = LoopDevice.run("/sbin/mkfs.ext4", ["-q", "-F", img])
-        guard mk == 0 else { throw XCTSkip("mkfs.ext4 failed: \(mkOut)") }
-        let (m, mOut) = LoopDevice.run("/bin/mount", ["-o", "loop", img, mnt])
-        guard m == 0 else { throw XCTSkip("cannot mount a loop file system here: \(mOut)") }
-        mountPoint = mnt
-        return mnt
-    }
+    var fs: ScratchFileSystem?
 
     override func tearDown() {
-        if let mnt = mountPoint {
-            // Thaw first: nothing that waits on the frozen file system (this process included) can end before.
-            _ = LoopDevice.run("/sbin/fsfreeze", ["-u", mnt])
-        }
+        // Thaw first: nothing that waits on the frozen file system (this process included) can end before.
+        fs?.thaw()
         super.tearDown()
-        if let mnt = mountPoint { _ = LoopDevice.run("/bin/umount", [mnt]) }
+        fs?.unmount()
     }
 
     func testStopWithRequestsStuckAtTheDeviceCancelsThenFailsThem() throws {
-        let mnt = try mountScratchFileSystem()
+        let scratch = try ScratchFileSystem(in: dir)
+        fs = scratch
+        let mnt = scratch.mountPoint
         pollers = try PollerGroup(count: 1, stopTimeoutMicros: 300_000)
         let s = try serve(options: "direct=on", imageSize: 1 << 20, imagePath: "\(mnt)/disk.img")
         let c = try BlkTestClient(socket: s.socket)
         XCTAssertEqual(try c.write(sector: 0, data: payload(4096, seed: 1)), Status.ok)
 
-        let (fz, fzOut) = LoopDevice.run("/sbin/fsfreeze", ["-f", mnt])
-        guard fz == 0 else { throw XCTSkip("fsfreeze failed: \(fzOut)") }
+        try scratch.freeze()
         let r = Ring(c)
         var heads = Set<UInt16>()
         var statuses: [UInt64] = []
@@ -74,7 +59,7 @@ final class HungDiskTests: ExportTestCase {
                       "\(logs.all)")
 
         // The device answers at last; the export serves a new frontend as usual.
-        _ = LoopDevice.run("/sbin/fsfreeze", ["-u", mnt])
+        scratch.thaw()
         c.frontend.disconnect()
         let c2 = try BlkTestClient(socket: s.socket)
         XCTAssertEqual(try c2.write(sector: 64, data: payload(4096, seed: 9)), Status.ok)

@@ -40,6 +40,10 @@ int32_t vdv_uring_limit_workers(vdv_uring *ring, const int32_t *cpus, uint32_t n
 // The prep calls return 0, or -EBUSY when the submission queue is full.
 int32_t vdv_uring_prep_rw(vdv_uring *ring, int32_t op, int32_t fd, const void *iov, uint32_t iovcnt,
                           uint64_t offset, uint32_t rw_flags, uint64_t user_data);
+// The same on a registered file (file_index into the ring's file table). buf_index >= 0: the one iovec lies in
+// that registered buffer (READ_FIXED / WRITE_FIXED); -1: a vectored read or write of guest memory as usual.
+int32_t vdv_uring_prep_rw_registered(vdv_uring *ring, int32_t op, int32_t file_index, const void *iov, uint32_t iovcnt,
+                                     int32_t buf_index, uint64_t offset, uint32_t rw_flags, uint64_t user_data);
 int32_t vdv_uring_prep_fsync(vdv_uring *ring, int32_t fd, int32_t datasync, uint64_t user_data);
 int32_t vdv_uring_prep_fallocate(vdv_uring *ring, int32_t fd, int32_t mode, uint64_t offset, uint64_t len,
                                  uint64_t user_data);
@@ -47,6 +51,15 @@ int32_t vdv_uring_prep_nop(vdv_uring *ring, uint64_t user_data);
 // BLOCK_URING_CMD_DISCARD on a block device (Linux 6.12 and later): BLKDISCARD without blocking the poller.
 int32_t vdv_uring_prep_blk_discard(vdv_uring *ring, int32_t fd, uint64_t offset, uint64_t len, uint64_t user_data);
 uint32_t vdv_uring_sq_space_left(vdv_uring *ring);
+// Registered files: a sparse table of count slots, then set (fd) or clear (-1) one. 0 or -errno.
+int32_t vdv_uring_files_sparse(vdv_uring *ring, uint32_t count);
+int32_t vdv_uring_set_file(vdv_uring *ring, uint32_t index, int32_t fd);
+// Registered buffers: a sparse table, then set one slot to [addr, addr+len) (the kernel pins those pages now) or
+// clear it (NULL, 0; requests already using it keep its pages until they complete). 0 or -errno.
+int32_t vdv_uring_buffers_sparse(vdv_uring *ring, uint32_t count);
+int32_t vdv_uring_set_buffer(vdv_uring *ring, uint32_t index, void *addr, uint64_t len);
+// Replaces dst's buffer table with src's (references, no pinning: fast, takes dst's lock only briefly).
+int32_t vdv_uring_clone_buffers(vdv_uring *dst, vdv_uring *src);
 // Submits queued SQEs; returns the count or a negative errno.
 int32_t vdv_uring_submit(vdv_uring *ring);
 // Copies up to max completions out and marks them seen; returns how many.
@@ -122,6 +135,9 @@ typedef struct {
 // 0, or -errno; -EINVAL when fd is neither a regular file nor a block device.
 int32_t vdv_backing_probe(int32_t fd, vdv_backing_info *info);
 int32_t vdv_memfd_create(const char *name);
+// 1 when the first `length` bytes of a guest memory fd already have memory behind them (hugetlbfs, or a file
+// whose blocks cover the length: preallocated), so pinning them allocates nothing; else 0.
+int32_t vdv_memory_fd_allocated(int32_t fd, uint64_t length);
 // preadv2/pwritev2 (bytes or -errno) and fdatasync (0 or -errno), for files that never block (tmpfs).
 int64_t vdv_preadv(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset);
 int64_t vdv_pwritev(int32_t fd, const void *iov, uint32_t iovcnt, uint64_t offset, uint32_t rw_flags);

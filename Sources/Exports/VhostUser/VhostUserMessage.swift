@@ -37,6 +37,7 @@ public struct PayloadReader {
     let bytes: [UInt8]
     public init(_ bytes: [UInt8]) { self.bytes = bytes }
 
+    public func u16(_ off: Int) throws -> UInt16 { try int(off, UInt16.self) }
     public func u32(_ off: Int) throws -> UInt32 { try int(off, UInt32.self) }
     public func u64(_ off: Int) throws -> UInt64 { try int(off, UInt64.self) }
 

@@ -34,12 +34,19 @@ final class VhostUserSession {
     private var sessionPoller: Poller?
     /// Told which poller serves a queue (nil once it stops), for the export's stats; control thread.
     var onPlacement: (_ queue: Int, _ poller: Int?) -> Void = { _, _ in }
+    /// The frontend's in-flight region (SET_INFLIGHT_FD), kept across our restarts by the frontend.
+    private var inflight: InflightMemory?
 
     /// What this backend supports of the protocol.
     static let supportedProtocolFeatures: UInt64 =
         VhostUserProtocolFeature.mq | VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
         | VhostUserProtocolFeature.configureMemSlots | VhostUserProtocolFeature.resetDevice
         | VhostUserProtocolFeature.status
+    /// The protocol features offered to this device's frontend: in-flight tracking only where requests can be
+    /// resubmitted.
+    var offeredProtocolFeatures: UInt64 {
+        Self.supportedProtocolFeatures | (device.resubmitsInflight ? VhostUserProtocolFeature.inflightSHMFD : 0)
+    }
     /// Memory slots offered with CONFIGURE_MEM_SLOTS (each is one mapping; capped so a frontend cannot grow it).
     static let maxMemSlots = 32
 
@@ -74,7 +81,9 @@ final class VhostUserSession {
                 try handle(msg)
             } catch VhostUserError.rejected(let why) {
                 logger.warning("\(msg.request) refused: \(why)")
-                if msg.needsReply && !Self.hasOwnReply(msg.request) {
+                // A request whose reply carries data cannot be answered "no": the frontend would wait forever.
+                if Self.hasOwnReply(msg.request) { return }
+                if msg.needsReply {
                     if (try? connection.replyU64(to: msg.request, 1)) == nil { return }
                 }
             } catch {
@@ -132,11 +141,11 @@ final class VhostUserSession {
             device.featuresAcked(f & ~vhostUserFProtocolFeatures)
             logger.debug("features acked 0x\(String(f, radix: 16))")
         case .getProtocolFeatures:
-            try connection.replyU64(to: m.request, Self.supportedProtocolFeatures)
+            try connection.replyU64(to: m.request, offeredProtocolFeatures)
         case .setProtocolFeatures:
             try expectPayload(m, 8)
             let f = try r.u64(0)
-            guard f & ~Self.supportedProtocolFeatures == 0 else {
+            guard f & ~offeredProtocolFeatures == 0 else {
                 throw VhostUserError.rejected("protocol features 0x\(String(f, radix: 16)) not offered")
             }
             protocolFeatures = f
@@ -225,6 +234,10 @@ final class VhostUserSession {
             try connection.replyU64(to: m.request, UInt64(status))
         case .setVringEndian:
             throw VhostUserError.rejected("cross-endian rings are not supported")
+        case .getInflightFD where protocolFeatures & VhostUserProtocolFeature.inflightSHMFD != 0:
+            try getInflightFD(m, r)
+        case .setInflightFD where protocolFeatures & VhostUserProtocolFeature.inflightSHMFD != 0:
+            try setInflightFD(m, r)
         case .setBackendReqFD, .setLogFD, .setInflightFD:
             throw VhostUserError.rejected("\(m.request) needs a protocol feature this backend does not offer")
         case .setLogBase, .getInflightFD, .iotlbMsg, .sendRARP, .netSetMTU, .vringKick:
@@ -294,6 +307,49 @@ final class VhostUserSession {
         for i in vrings.indices where vrings[i].running == nil { try startVringIfReady(i) }
     }
 
+    // MARK: in-flight tracking (vhost-user.rst, "Inflight I/O tracking")
+
+    /// struct VhostUserInflight: mmap_size u64, mmap_offset u64, num_queues u16, queue_size u16.
+    private func inflightDescription(_ r: PayloadReader) throws -> (UInt64, UInt64, Int, Int) {
+        (try r.u64(0), try r.u64(8), Int(try r.u16(16)), Int(try r.u16(18)))
+    }
+
+    private func getInflightFD(_ m: VhostUserMessage, _ r: PayloadReader) throws {
+        try expectPayload(m, 20)
+        let (_, _, queues, size) = try inflightDescription(r)
+        guard queues <= device.maxQueues, size <= Int(device.maxQueueSize) else {
+            throw VhostUserError.rejected("in-flight region for \(queues) queues of \(size) (device: \(device.maxQueues) of up to \(device.maxQueueSize))")
+        }
+        let (region, fd): (InflightMemory, Int32)
+        do { (region, fd) = try InflightMemory.create(numQueues: queues, queueSize: size) } catch {
+            throw VhostUserError.rejected("in-flight region: \(error)")
+        }
+        defer { closeFD(fd) }
+        inflight = region
+        var p = [UInt8]()
+        p.appendLE(region.mmapSize)
+        p.appendLE(UInt64(0))
+        p.appendLE(UInt16(queues))
+        p.appendLE(UInt16(size))
+        p.appendLE(UInt32(0))
+        try connection.reply(to: m.request, payload: p, fds: [fd])
+        logger.debug("in-flight region created: \(queues) queues of \(size), \(region.mmapSize) bytes")
+    }
+
+    private func setInflightFD(_ m: VhostUserMessage, _ r: PayloadReader) throws {
+        try expectPayload(m, 20)
+        guard m.fds.count == 1 else { throw VhostUserError.malformed("SET_INFLIGHT_FD with \(m.fds.count) fds") }
+        let (size, offset, queues, qsize) = try inflightDescription(r)
+        guard queues <= device.maxQueues, qsize <= Int(device.maxQueueSize) else {
+            throw VhostUserError.rejected("in-flight region for \(queues) queues of \(qsize)")
+        }
+        do {
+            inflight = try InflightMemory(fd: m.fds[0], mmapSize: size, offset: offset, numQueues: queues, queueSize: qsize)
+        } catch {
+            throw VhostUserError.rejected("in-flight region: \(error)")
+        }
+    }
+
     // MARK: vrings
 
     private func setVringFD(_ m: VhostUserMessage, _ r: PayloadReader) throws {
@@ -343,6 +399,14 @@ final class VhostUserSession {
         } catch {
             throw VhostUserError.rejected("vring \(i): \(error)")
         }
+        if let inflight {
+            if let region = inflight.queue(i, size: Int(v.num)) {
+                let n = vq.trackInflight(region)
+                if n > 0 { logger.notice("queue \(i): resubmitting \(n) request(s) left in flight by the previous backend") }
+            } else {
+                logger.warning("queue \(i): the in-flight region has no place for it (\(inflight.numQueues) queues of \(inflight.queueSize), ring of \(v.num)): not tracked")
+            }
+        }
         let err = v.err
         let log = logger
         let binding = QueueBinding(name: name, vq: vq, kick: v.kick, call: v.call, stats: queueStats[i]) { e in
@@ -360,10 +424,18 @@ final class VhostUserSession {
             poller = pollers.pick(preferred: preferredPoller)
         }
         let dev = device
-        let slot = try poller.attach(binding) { ctx in try dev.makeQueueHandler(context: ctx) }
+        let slot = try poller.attach(binding, fixedBuffers: dev.usesFixedBuffers) { ctx in try dev.makeQueueHandler(context: ctx) }
         vrings[i].running = (poller, slot)
         onPlacement(i, poller.id)
         logger.info("queue \(i) started on poller \(poller.id) (size \(v.num), avail base \(v.base))")
+        if dev.usesFixedBuffers {
+            if let map = poller.fixedBufferTable.map(ofSlot: slot) ?? nil {
+                logger.info("queue \(i): guest memory registered with io_uring as \(map.chunkCount) fixed buffer(s)")
+            } else {
+                let why = poller.fixedBufferTable.lastFailure ?? "guest memory is not preallocated (QEMU prealloc=on or hugepages)"
+                logger.notice("queue \(i): no fixed buffers: \(why)")
+            }
+        }
     }
 
     private func stopVring(_ i: Int) {
@@ -379,6 +451,7 @@ final class VhostUserSession {
         vrings = Array(repeating: Vring(), count: device.maxQueues)
         features = 0
         status = 0
+        inflight = nil
         device.reset()
     }
 
