@@ -10,11 +10,14 @@ let package = Package(
     products: [
         .executable(name: "vdevd", targets: ["DeviceDaemon"]),
         .executable(name: "vdev-bench", targets: ["VdevBench"]),
+        .executable(name: "vdevctl", targets: ["VdevCtl"]),
         .library(name: "VhostUserTestSupport", targets: ["VhostUserTestSupport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Linux-only C: liburing, SCM_RIGHTS, fences, ioctl numbers. Swift never sees a macro.
@@ -32,14 +35,31 @@ let package = Package(
             dependencies: ["Virtio", "Blk", "Vsock", "CVdevd", .product(name: "Logging", package: "swift-log")],
             path: "Sources/Exports"
         ),
+        // The daemon as a host service: config file, the running set of exports, management socket, metrics.
+        .target(
+            name: "Service",
+            dependencies: [
+                "Exports", "Virtio", "CVdevd",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            path: "Sources/Service"
+        ),
         .executableTarget(
             name: "DeviceDaemon",
             dependencies: [
-                "Exports", "Blk", "Virtio", "CVdevd",
+                "Service", "Exports", "Blk", "Virtio", "CVdevd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/DeviceDaemon"
+        ),
+        // The management socket's client.
+        .executableTarget(
+            name: "VdevCtl",
+            dependencies: ["Service", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/VdevCtl"
         ),
         // A vhost-user frontend (QEMU's part) over a real socket with memfd guest memory.
         .target(
@@ -67,6 +87,11 @@ let package = Package(
             name: "ExportsTests",
             dependencies: ["Exports", "Blk", "Virtio", "VhostUserTestSupport", "CVdevd"],
             path: "Tests/ExportsTests"
+        ),
+        .testTarget(
+            name: "ServiceTests",
+            dependencies: ["Service", "Exports", "Virtio", "VhostUserTestSupport", "CVdevd"],
+            path: "Tests/ServiceTests"
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -2,7 +2,13 @@
 #define _GNU_SOURCE
 #include "cvdevd.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -69,21 +75,91 @@ static int fill_addr(struct sockaddr_un *a, const char *path) {
     return 0;
 }
 
-int32_t vdv_unix_listen(const char *path, uint32_t mode, int32_t backlog) {
+// The socket is bound inside a fresh directory only we can enter (mkdtemp makes it 0700), given its mode,
+// owner and group there, made to listen, and only then renamed to its path. Nobody else can reach it before
+// it has its final permissions: no umask (process-wide, racy with other threads) and no chmod-after-bind
+// window. The rename never replaces anything (RENAME_NOREPLACE, or link() where the file system lacks it),
+// so a file that appeared at the path meanwhile is left alone and the call fails with EEXIST.
+int32_t vdv_unix_listen_owned(const char *path, uint32_t mode, int64_t uid, int64_t gid, int32_t backlog) {
+    char dir[sizeof(((struct sockaddr_un *)0)->sun_path) + 16];
+    const char *slash = strrchr(path, '/');
+    int n;
+    if (!slash) n = snprintf(dir, sizeof(dir), ".vdXXXXXX");
+    else n = snprintf(dir, sizeof(dir), "%.*s/.vdXXXXXX", (int)(slash - path), path);
+    if (n < 0 || (size_t)n >= sizeof(dir)) return -ENAMETOOLONG;
+    char tmp[sizeof(dir) + 2];
+    snprintf(tmp, sizeof(tmp), "%s/s", dir);
     struct sockaddr_un a;
-    int rc = fill_addr(&a, path);
-    if (rc) return rc;
+    if (strlen(path) >= sizeof(a.sun_path)) return -ENAMETOOLONG;
+    // The private name is a few bytes longer than the path; it must fit sun_path too.
+    if (strlen(tmp) >= sizeof(a.sun_path)) return -ENAMETOOLONG;
+    if (!mkdtemp(dir)) return -errno;
+    snprintf(tmp, sizeof(tmp), "%s/s", dir);
+    fill_addr(&a, tmp);
+    int e = 0;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -errno;
-    // Create the socket file with the requested mode, not the umask's idea of it.
-    mode_t old = umask(0777 & ~mode);
-    rc = bind(fd, (struct sockaddr *)&a, sizeof(a));
-    int e = errno;
-    umask(old);
-    if (rc < 0) { close(fd); return -e; }
-    if (chmod(path, mode) < 0) { e = errno; close(fd); unlink(path); return -e; }
-    if (listen(fd, backlog) < 0) { e = errno; close(fd); unlink(path); return -e; }
+    if (fd < 0) { e = errno; rmdir(dir); return -e; }
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0) { e = errno; goto fail; }
+    if (chmod(tmp, mode & 07777) < 0) { e = errno; goto fail; }
+    if ((uid >= 0 || gid >= 0) && chown(tmp, uid >= 0 ? (uid_t)uid : (uid_t)-1, gid >= 0 ? (gid_t)gid : (gid_t)-1) < 0) {
+        e = errno;
+        goto fail;
+    }
+    // chown may clear set-id bits; the mode asked for is put back (still unreachable to others).
+    if (chmod(tmp, mode & 07777) < 0) { e = errno; goto fail; }
+    if (listen(fd, backlog) < 0) { e = errno; goto fail; }
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0) {
+        if (errno != EINVAL && errno != ENOSYS) { e = errno; goto fail; }
+        if (link(tmp, path) < 0) { e = errno; goto fail; }
+        unlink(tmp);
+    }
+    rmdir(dir);
     return fd;
+fail:
+    close(fd);
+    unlink(tmp);
+    rmdir(dir);
+    return -e;
+}
+
+int32_t vdv_unix_listen(const char *path, uint32_t mode, int32_t backlog) {
+    return vdv_unix_listen_owned(path, mode, -1, -1, backlog);
+}
+
+// A TCP listener on an IPv4 or IPv6 literal address; fd or -errno.
+int32_t vdv_tcp_listen(const char *host, uint16_t port, int32_t backlog) {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(port);
+        len = sizeof(*a4);
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(port);
+        len = sizeof(*a6);
+    } else {
+        return -EINVAL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, backlog) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+// The port a TCP listener got (for port 0); 0 on error.
+uint16_t vdv_tcp_local_port(int32_t fd) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) return 0;
+    if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return 0;
 }
 
 int32_t vdv_unix_connect(const char *path, int32_t type) {
@@ -135,4 +211,22 @@ int32_t vdv_seqpacket_max_message(int32_t fd, int32_t bytes) {
     if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &have, &len) < 0) return 0;
     // The kernel keeps a message's overhead inside sk_sndbuf (af_unix: len must be <= sk_sndbuf - 32).
     return have > 32 ? have - 32 : 0;
+}
+
+// One datagram to a Unix datagram socket at path ("@name": abstract namespace), as sd_notify does; 0 or -errno.
+int32_t vdv_notify_datagram(const char *path, const char *msg) {
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof(a));
+    a.sun_family = AF_UNIX;
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof(a.sun_path)) return -EINVAL;
+    memcpy(a.sun_path, path, len);
+    if (path[0] == '@') a.sun_path[0] = 0;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    ssize_t n = sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&a,
+                       (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len));
+    int e = errno;
+    close(fd);
+    return n < 0 ? -e : 0;
 }

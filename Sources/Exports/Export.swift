@@ -4,6 +4,7 @@ public protocol Export: AnyObject {
     func start()
     func stop()
     var stats: [String: Any] { get }
+    var snapshot: ExportSnapshot { get }
 }
 
 public enum ExportError: Error, CustomStringConvertible {

@@ -19,12 +19,14 @@ public enum ExportFactory {
             var l = logger
             l[metadataKey: "export"] = "\(spec.id)"
             for note in device.notes { l.info("\(note)") }
-            return try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, socketMode: spec.socketMode,
+            return try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, access: spec.socketAccess,
                                        pollers: pollers, preferredPoller: spec.poller, logger: logger)
         case .vhostUserVsock:
             let o = spec.vsock!
+            // The host side's socket gets the same access as the vhost-user one.
             try SocketPath.prepare(o.udsPath)
-            let fd = vdv_unix_listen(o.udsPath, o.socketMode, 128)
+            let fd = vdv_unix_listen_owned(o.udsPath, spec.socketMode, spec.socketOwner.map(Int64.init) ?? -1,
+                                           spec.socketGroup.map(Int64.init) ?? -1, 128)
             guard fd >= 0 else { throw ExportError.socket(o.udsPath, SystemError("bind/listen", errno: -fd).description) }
             let device = VsockDevice(options: o, listenFD: fd)
             // Siblings share a poller so relaying between them stays on one thread.
@@ -36,7 +38,7 @@ public enum ExportFactory {
             let poller = spec.poller ?? groupPoller ?? pollers.pick().id
             let export: VhostUserExport
             do {
-                export = try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, socketMode: spec.socketMode,
+                export = try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, access: spec.socketAccess,
                                              pollers: pollers, preferredPoller: poller, logger: logger)
             } catch {
                 unlink(o.udsPath)

@@ -13,8 +13,28 @@ public struct ExportSpec: Equatable {
         public let name: String
         public let help: String
         public let required: Bool
+        /// How a typed value (a TOML or JSON integer) becomes the key's text: socket-mode's integer is octal.
+        public let format: Format
+
+        public enum Format { case plain, octal }
+
+        public init(name: String, help: String, required: Bool, format: Format = .plain) {
+            self.name = name
+            self.help = help
+            self.required = required
+            self.format = format
+        }
     }
 
+    /// Keys every vhost-user export has: its socket file, who may connect to it, its poller.
+    public static let socketKeys: [Key] = [
+        Key(name: "socket-mode", help: "socket permissions, octal (default 0600)", required: false, format: .octal),
+        Key(name: "socket-owner", help: "socket owner, user name or uid (default: vdevd's)", required: false),
+        Key(name: "socket-group", help: "socket group, group name or gid (default: vdevd's)", required: false),
+    ]
+
+    /// Every key of each export type, one table per type: the command line (`--export`), the config file
+    /// (`[[export]]`) and the management socket (`add`) all parse through `parse(kind:pairs:)` with these.
     public static let keys: [Kind: [Key]] = [
         .vhostUserBlk: [
             Key(name: "id", help: "export name: logs, stats, disk serial (GET_ID)", required: true),
@@ -29,9 +49,8 @@ public struct ExportSpec: Equatable {
             Key(name: "engine", help: "io_uring|aio (default io_uring)", required: false),
             Key(name: "inline-io", help: "auto|off: inline I/O for tmpfs images (auto)", required: false),
             Key(name: "fixed-buffers", help: "auto|off: register allocated guest RAM, direct=on (auto)", required: false),
-            Key(name: "socket-mode", help: "socket permissions, octal (default 0660)", required: false),
             Key(name: "poller", help: "poller index (default: least loaded)", required: false),
-        ],
+        ] + socketKeys,
         .vhostUserVsock: [
             Key(name: "id", help: "export name: logs and stats", required: true),
             Key(name: "guest-cid", help: "the guest's CID, 3 or more", required: true),
@@ -41,9 +60,8 @@ public struct ExportSpec: Equatable {
             Key(name: "stall-timeout-ms", help: "log a connection stuck this long, 0 off (5000)", required: false),
             Key(name: "groups", help: "a+b: siblings reachable by CID", required: false),
             Key(name: "queue-size", help: "largest virtqueue, 64-32768 (default 256)", required: false),
-            Key(name: "socket-mode", help: "socket permissions, octal (default 0660)", required: false),
             Key(name: "poller", help: "poller index (default: its group's)", required: false),
-        ],
+        ] + socketKeys,
     ]
 
     public var kind: Kind
@@ -53,8 +71,13 @@ public struct ExportSpec: Equatable {
     /// Options of a vhost-user-vsock export.
     public var vsock: VsockOptions?
     public var socket: String
-    public var socketMode: UInt32 = 0o660
+    /// Who may connect: applied before the socket accepts anything (see `UnixListener`).
+    public var socketMode: UInt32 = SocketAccess.defaultMode
+    public var socketOwner: UInt32?
+    public var socketGroup: UInt32?
     public var poller: Int?
+
+    public var socketAccess: SocketAccess { SocketAccess(mode: socketMode, owner: socketOwner, group: socketGroup) }
 
     public init(kind: Kind, blk: BlkOptions, socket: String) {
         self.kind = kind
@@ -97,29 +120,36 @@ public struct ExportSpec: Equatable {
         return parts
     }
 
+    /// Parses the command line's form, `TYPE,key=value,...`.
     public static func parse(_ text: String) throws -> ExportSpec {
         let parts = split(text)
-        let typeName = parts[0]
-        guard let kind = Kind(rawValue: typeName) else {
-            throw ExportSpecError(export: nil, key: nil,
-                                  message: "unknown export type '\(typeName)' (known: \(Kind.allCases.map(\.rawValue).joined(separator: ", ")))")
-        }
-        var values: [String: String] = [:]
-        var order: [String] = []
+        var pairs: [(key: String, value: String)] = []
         for p in parts.dropFirst() {
             guard let eq = p.firstIndex(of: "=") else {
                 throw ExportSpecError(export: nil, key: p, message: "expected key=value, got '\(p)'")
             }
-            let k = String(p[..<eq]), v = String(p[p.index(after: eq)...])
-            if values[k] != nil { throw ExportSpecError(export: nil, key: k, message: "given twice") }
-            values[k] = v
-            order.append(k)
+            pairs.append((String(p[..<eq]), String(p[p.index(after: eq)...])))
         }
-        let id = values["id"]
+        return try parse(type: parts[0], pairs: pairs)
+    }
+
+    /// The one parser of export keys: the command line, the config file and the management socket give
+    /// the type and the key/value pairs in the order written.
+    public static func parse(type typeName: String, pairs: [(key: String, value: String)]) throws -> ExportSpec {
+        let id = pairs.first(where: { $0.key == "id" })?.value
+        guard let kind = Kind(rawValue: typeName) else {
+            throw ExportSpecError(export: id, key: nil,
+                                  message: "unknown export type '\(typeName)' (known: \(Kind.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        var values: [String: String] = [:]
         let known = Set(keys[kind]!.map(\.name))
-        for k in order where !known.contains(k) {
-            throw ExportSpecError(export: id, key: k,
-                                  message: "unknown key for \(kind.rawValue) (known: \(keys[kind]!.map(\.name).joined(separator: ", ")))")
+        for (k, v) in pairs {
+            if values[k] != nil { throw ExportSpecError(export: id, key: k, message: "given twice") }
+            guard known.contains(k) else {
+                throw ExportSpecError(export: id, key: k,
+                                      message: "unknown key for \(kind.rawValue) (known: \(keys[kind]!.map(\.name).joined(separator: ", ")))")
+            }
+            values[k] = v
         }
         for k in keys[kind]! where k.required && (values[k.name] ?? "").isEmpty {
             throw ExportSpecError(export: id, key: k.name, message: "required")
@@ -135,7 +165,19 @@ public struct ExportSpec: Equatable {
                 throw ExportSpecError(export: id, key: "socket-mode", message: "expected octal permissions like 0660, got '\(m)'")
             }
             spec.socketMode = mode
-            spec.vsock?.socketMode = mode
+        }
+        spec.vsock?.socketMode = spec.socketMode
+        if let o = values["socket-owner"] {
+            guard let uid = Account.uid(o) else {
+                throw ExportSpecError(export: id, key: "socket-owner", message: "no user '\(o)' (a user name or a uid)")
+            }
+            spec.socketOwner = uid
+        }
+        if let g = values["socket-group"] {
+            guard let gid = Account.gid(g) else {
+                throw ExportSpecError(export: id, key: "socket-group", message: "no group '\(g)' (a group name or a gid)")
+            }
+            spec.socketGroup = gid
         }
         spec.poller = try v.int("poller", 0...1023)
         return spec

@@ -12,6 +12,8 @@ public final class Poller {
     public let cpu: Int32?
     public let pollMicroseconds: UInt64
     public let ioRing: IORing
+    /// Busy and idle time, for the operator's stats.
+    public let stats = PollerStats()
     /// Guest memory registered with ioRing for fixed-buffer queues (control threads manage it).
     public let fixedBufferTable: FixedBufferTable
 
@@ -247,6 +249,7 @@ public final class Poller {
         }
         var spin = SpinWindow(limit: pollMicroseconds)
         var sleeping = false
+        var passStart = monotonicMicros()
         while running {
             var guestWork = false
             // Epoll events: after the ring said there are some, and on every pass while host fds are watched
@@ -292,6 +295,8 @@ public final class Poller {
             if !zombies.isEmpty { releaseZombies() }
             if slotsWithRetiredMemory > 0 { releaseRetiredMemory() }
             let now = monotonicMicros()
+            if guestWork || completions { stats.addBusy(now &- passStart) } else { stats.addIdle(now &- passStart) }
+            passStart = now
             let deviceBusy = ioRing.ioInFlight > 0 || (aio?.inFlight ?? 0) > 0
             if guestWork || completions {
                 // A completion counts too: the guest's answer to it (its next request) is what the spin waits for.
@@ -312,6 +317,9 @@ public final class Poller {
             if anyPending() || vdv_load_relaxed_u8(commandsPending) != 0 { continue }
             // A stopping queue waits for the device only so long: wake to cancel, or fail, what is left.
             ioRing.wait(epollFD: epfd, timeoutMicros: stoppingCount > 0 || !zombies.isEmpty ? 100_000 : nil)
+            // Sleep is idle time; the next pass is measured from the wake-up.
+            passStart = monotonicMicros()
+            stats.addIdle(passStart &- now)
         }
         // Exit: nothing may be left running; drain what is in flight.
         for a in active { if let slot = slots[a.slot] { removeFromEpoll(slot) } }

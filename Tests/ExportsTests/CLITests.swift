@@ -292,7 +292,7 @@ final class CLITests: XCTestCase {
 
     func testSocketModeSetsPermissionBits() throws {
         let img = try image()
-        for (mode, bits) in [("0600", 0o600), ("0640", 0o640), ("0666", 0o666)] {
+        for (mode, bits) in [("0660", 0o660), ("0640", 0o640), ("0666", 0o666)] {
             let sock = path("m\(mode).sock")
             let d = try launch(["--export", spec("m\(mode)", img, sock, "socket-mode=\(mode)")])
             guard waitReady(d) else { return }
@@ -301,11 +301,11 @@ final class CLITests: XCTestCase {
             kill(d.process.processIdentifier, SIGTERM)
             XCTAssertEqual(waitExit(d), 0)
         }
-        // Default 0660.
+        // Default 0600: only vdevd's user may connect.
         let sock = path("default.sock")
         let d = try launch(["--export", spec("dm", img, sock)])
         guard waitReady(d) else { return }
-        XCTAssertEqual(fileStat(sock).map { Int($0.st_mode & 0o777) }, 0o660)
+        XCTAssertEqual(fileStat(sock).map { Int($0.st_mode & 0o777) }, 0o600)
         kill(d.process.processIdentifier, SIGTERM)
         XCTAssertEqual(waitExit(d), 0)
     }

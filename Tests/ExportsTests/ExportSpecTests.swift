@@ -16,7 +16,7 @@ final class ExportSpecTests: XCTestCase {
         XCTAssertFalse(d.blk.direct)
         XCTAssertTrue(d.blk.writeCache)
         XCTAssertEqual(d.blk.logicalBlockSize, 512)
-        XCTAssertEqual(d.socketMode, 0o660)
+        XCTAssertEqual(d.socketMode, 0o600)
         XCTAssertNil(d.poller)
 
         let s = try ExportSpec.parse("vhost-user-blk,id=d1,path=/img,socket=/s,num-queues=4,queue-size=1024,"

@@ -207,12 +207,12 @@ final class LifecycleTests: ExportTestCase {
     }
 
     func testSocketModeIsApplied() throws {
-        let s1 = try serve(id: "m1", options: "socket-mode=0600")
+        let s1 = try serve(id: "m1", options: "socket-mode=0660")
         let s2 = try serve(id: "m2", options: "socket-mode=0640")
         let s3 = try serve(id: "m3")
-        XCTAssertEqual(fileStat(s1.socket).map { $0.st_mode & 0o777 }, 0o600)
+        XCTAssertEqual(fileStat(s1.socket).map { $0.st_mode & 0o777 }, 0o660)
         XCTAssertEqual(fileStat(s2.socket).map { $0.st_mode & 0o777 }, 0o640)
-        XCTAssertEqual(fileStat(s3.socket).map { $0.st_mode & 0o777 }, 0o660)
+        XCTAssertEqual(fileStat(s3.socket).map { $0.st_mode & 0o777 }, 0o600)
     }
 }
 

@@ -98,6 +98,14 @@ int64_t vdv_recv_with_fds(int32_t sock, void *buf, uint64_t len, int32_t *fds, u
 int64_t vdv_send_with_fds(int32_t sock, const void *buf, uint64_t len, const int32_t *fds, uint32_t nfds);
 // Socket creation helpers: return fd or -errno.
 int32_t vdv_unix_listen(const char *path, uint32_t mode, int32_t backlog);
+// Like vdv_unix_listen, with an owner and group (-1: unchanged), and the path appears only once the socket has
+// its final mode, owner and group and listens. Never replaces an existing file (-EEXIST).
+int32_t vdv_unix_listen_owned(const char *path, uint32_t mode, int64_t uid, int64_t gid, int32_t backlog);
+// TCP listener on an IPv4/IPv6 literal; fd or -errno (-EINVAL for a host that is not a literal).
+int32_t vdv_tcp_listen(const char *host, uint16_t port, int32_t backlog);
+uint16_t vdv_tcp_local_port(int32_t fd);
+// One datagram to a Unix datagram socket ("@name": abstract), as sd_notify(3) sends; 0 or -errno.
+int32_t vdv_notify_datagram(const char *path, const char *msg);
 int32_t vdv_unix_connect(const char *path, int32_t type);
 // Non-blocking Unix connect (SOCK_STREAM or SOCK_SEQPACKET) and accept; fd or -errno.
 int32_t vdv_unix_connect_nb(const char *path, int32_t type);

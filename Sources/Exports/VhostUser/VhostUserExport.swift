@@ -15,16 +15,17 @@ public final class VhostUserExport: Export {
     let pollers: PollerGroup
     let preferredPoller: Int?
     public internal(set) var logger: Logger
-    private let listenFD: Int32
+    private var listener: ListeningSocket?
     private let stopEvent: EventFD
     private var thread: pthread_t?
     private let stateLock = Lock()
     private var connected = false
     private var connectionsServed = 0
+    private var queuePollers: [Int?]
     /// Run at stop, after the socket is removed (e.g. a vsock export's host socket).
     public var onStop: [() -> Void] = []
 
-    public init(id: String, device: VirtioDevice, socketPath: String, socketMode: UInt32, pollers: PollerGroup,
+    public init(id: String, device: VirtioDevice, socketPath: String, access: SocketAccess, pollers: PollerGroup,
                 preferredPoller: Int?, logger: Logger) throws {
         self.id = id
         self.device = device
@@ -35,14 +36,10 @@ public final class VhostUserExport: Export {
         l[metadataKey: "export"] = "\(id)"
         self.logger = l
         queueStats = (0..<device.maxQueues).map { _ in QueueStats() }
-        try SocketPath.prepare(socketPath)
-        let fd = vdv_unix_listen(socketPath, socketMode, 4)
-        guard fd >= 0 else { throw ExportError.socket(socketPath, SystemError("bind/listen", errno: -fd).description) }
-        listenFD = fd
+        queuePollers = Array(repeating: nil, count: device.maxQueues)
         stopEvent = try EventFD()
+        listener = try ListeningSocket(unixPath: socketPath, access: access, backlog: 4)
     }
-
-    deinit { closeFD(listenFD) }
 
     public func start() {
         thread = spawnThread { [self] in acceptLoop() }
@@ -54,7 +51,8 @@ public final class VhostUserExport: Export {
         stopEvent.signal()
         if let t = thread { pthread_join(t, nil) }
         thread = nil
-        unlink(socketPath)
+        listener?.removeFile()
+        listener = nil
         for f in onStop { f() }
         for (i, s) in queueStats.enumerated() {
             let fields = QueueStats.Counter.allCases.map { "\($0)=\(s.get($0))" }.joined(separator: " ")
@@ -69,8 +67,18 @@ public final class VhostUserExport: Export {
         }
     }
 
+    /// What the export is doing now: for the management socket and metrics (counters read, never locked).
+    public var snapshot: ExportSnapshot {
+        let (isConnected, served, placement) = stateLock.withLock { (connected, connectionsServed, queuePollers) }
+        return ExportSnapshot(id: id, socket: socketPath, connected: isConnected, connections: served,
+                              queues: queueStats.enumerated().map { i, s in
+                                  ExportSnapshot.Queue(index: i, poller: placement[i], counters: s.snapshot)
+                              })
+    }
+
     private func acceptLoop() {
         vdv_set_thread_name("vdevd-\(id)")
+        guard let listenFD = listener?.fd else { return }
         while true {
             var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
@@ -87,6 +95,7 @@ public final class VhostUserExport: Export {
             let session = VhostUserSession(device: device, pollers: pollers, preferredPoller: preferredPoller,
                                            queueStats: queueStats,
                                            connection: VhostUserConnection(fd: c, stopFD: stopEvent.fd), logger: logger)
+            session.onPlacement = { [self] q, p in stateLock.withLock { queuePollers[q] = p } }
             session.serve()
             stateLock.withLock { connected = false }
         }

@@ -34,6 +34,8 @@ final class VhostUserSession {
     private var vrings: [Vring]
     private var status: UInt8 = 0
     private var sessionPoller: Poller?
+    /// Told which poller serves a queue (nil once it stops), for the export's stats; control thread.
+    var onPlacement: (_ queue: Int, _ poller: Int?) -> Void = { _, _ in }
     /// The frontend's in-flight region (SET_INFLIGHT_FD), kept across our restarts by the frontend.
     private var inflight: InflightMemory?
     /// The dirty-page bitmap of a live migration (SET_LOG_BASE); logging is on while LOG_ALL is acked.
@@ -486,6 +488,7 @@ final class VhostUserSession {
         let dev = device
         let slot = try poller.attach(binding, fixedBuffers: dev.usesFixedBuffers) { ctx in try dev.makeQueueHandler(context: ctx) }
         vrings[i].running = (poller, slot)
+        onPlacement(i, poller.id)
         logger.info("queue \(i) started on poller \(poller.id) (size \(v.num), avail base \(v.base))")
         if dev.usesFixedBuffers {
             if let map = poller.fixedBufferTable.map(ofSlot: slot) ?? nil {
@@ -501,6 +504,7 @@ final class VhostUserSession {
         guard let (p, s) = vrings[i].running else { return }
         vrings[i].base = p.detach(slot: s)
         vrings[i].running = nil
+        onPlacement(i, nil)
         logger.info("queue \(i) stopped at avail index \(vrings[i].base)")
     }
 
