@@ -65,6 +65,7 @@ mkdir -p /tmp/b && cp bundle/* /tmp/b/ && cat > /tmp/stage2.sh <<'STAGE2'
 cd /
 umount /host || { echo "GUEST-RESULT: FAIL cannot unmount /host"; exit 1; }
 echo "MIGRATE-READY"
+sleep ${IDLE_FIRST:-0}
 fails=0
 for round in \$(seq $ROUNDS); do
     echo "FIO-ROUND \$round"
@@ -106,11 +107,14 @@ dev() { echo "-chardev socket,id=c0,path=$WORK/$1.sock -device vhost-user-blk-pc
     $(dev dst) -qmp "unix:$WORK/qmp-dst.sock,server=on,wait=off" -incoming "unix:$WORK/mig.sock" &
 DPID=$!; PIDS+=($DPID)
 # shellcheck disable=SC2046
+# The source QEMU is quit after the switch-over, before its guest says anything: its own report is noise.
 "$REPO/scripts/run-guest.sh" "${rg_opts[@]}" --log "$WORK/console-src.log" "$WORK/guest.sh" -- \
-    $(dev src) -qmp "unix:$WORK/qmp-src.sock,server=on,wait=off" &
+    $(dev src) -qmp "unix:$WORK/qmp-src.sock,server=on,wait=off" > "$WORK/run-guest-src.out" 2>&1 &
 SPID=$!; PIDS+=($SPID)
-for _ in $(seq 1500); do grep -qa "FIO-ROUND 1" "$WORK/console-src.log" 2>/dev/null && break; kill -0 $SPID 2>/dev/null || break; sleep 0.1; done
-grep -qa "FIO-ROUND 1" "$WORK/console-src.log" || die "the guest never started fio: $(tail -n 15 "$WORK/console-src.log")"
+START_MARK="FIO-ROUND 1"
+[ "${IDLE_FIRST:-0}" != 0 ] && START_MARK="MIGRATE-READY"  # migrate while the disk is idle (diagnosis)
+for _ in $(seq 1500); do grep -qa "$START_MARK" "$WORK/console-src.log" 2>/dev/null && break; kill -0 $SPID 2>/dev/null || break; sleep 0.1; done
+grep -qa "$START_MARK" "$WORK/console-src.log" || die "the guest never got to '$START_MARK': $(tail -n 15 "$WORK/console-src.log")"
 
 qmp "$WORK/qmp-src.sock" "{\"execute\": \"migrate\", \"arguments\": {\"uri\": \"unix:$WORK/mig.sock\"}}" > "$WORK/qmp-migrate.txt"
 status=none
