@@ -434,15 +434,9 @@ final class BlkQueue: QueueHandler {
             s.pointee.usedLength = 1
         }
         s.pointee.status!.pointee = status.rawValue
-        if binding.dirtyLog != nil { logWrites(s) }
+        if binding.dirtyLog != nil { binding.logWritten(s.pointee.segments, bytes: Int.max) }
         binding.complete(head: s.pointee.head, length: s.pointee.usedLength)
         inflight -= 1
-    }
-
-    /// Live migration: every device-writable buffer of the request (read data, GET_ID, the status byte) is dirty.
-    private func logWrites(_ s: UnsafeMutablePointer<BlkRequestSlot>) {
-        let segs = s.pointee.segments
-        for i in segs.readableCount..<segs.count { binding.logWrite(segs.iov[i].iov_base!, length: segs.iov[i].iov_len) }
     }
 
     /// The slot (and its bounce chunks) can carry another request.

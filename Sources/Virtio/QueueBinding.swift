@@ -63,4 +63,18 @@ public final class QueueBinding {
     public func logWrite(_ p: UnsafeRawPointer, length: Int) {
         dirtyLog?.mark(host: p, length: length, memory: vq.memory)
     }
+
+    /// The device wrote the first `bytes` of a chain's device-writable buffers.
+    @inline(__always)
+    public func logWritten(_ segs: ChainSegments, bytes: Int) {
+        guard let dirtyLog else { return }
+        var left = bytes
+        var i = segs.readableCount
+        while left > 0 && i < segs.count {
+            let n = min(left, segs.iov[i].iov_len)
+            dirtyLog.mark(host: segs.iov[i].iov_base!, length: n, memory: vq.memory)
+            left -= n
+            i += 1
+        }
+    }
 }

@@ -26,6 +26,8 @@ public final class VsockDevice: VirtioDevice {
     public var maxQueues: Int { 3 }
     public var maxQueueSize: UInt32 { options.queueSize }
     public var queuesSharePoller: Bool { true }
+    /// Every write to guest memory (rx packets, their headers, events) is logged as it is made.
+    public var logsDirtyPages: Bool { true }
 
     /// `listenFD` is the listening socket at options.udsPath (created by the export).
     public init(options: VsockOptions, listenFD: Int32, registry: VsockRegistry = .shared) {

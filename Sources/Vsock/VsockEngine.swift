@@ -137,6 +137,7 @@ final class VsockEngine: FDWatcher {
         try event.vq.readChain(head: head, into: &rxSegs)
         var id = VsockLayout.eventTransportReset.littleEndian
         let n = withUnsafeBytes(of: &id) { rxSegs.copyToWritable(offset: 0, from: $0.baseAddress!, length: 4) }
+        event.logWritten(rxSegs, bytes: n)
         event.complete(head: head, length: UInt32(n))
         resetEventDue = false
         device.log("TRANSPORT_RESET sent to the guest")

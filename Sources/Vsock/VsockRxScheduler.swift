@@ -69,6 +69,7 @@ extension VsockEngine {
             if n > 0 {
                 payload.withUnsafeBytes { _ = rxSegs.copyToWritable(offset: VsockLayout.headerSize, from: $0.baseAddress! + sent, length: n) }
             }
+            rx.logWritten(rxSegs, bytes: hn + n)
             rx.complete(head: head, length: UInt32(hn + n))
             did = true
             if sent + n < payload.count {
@@ -215,6 +216,11 @@ extension VsockEngine {
             c.seqPending = []
             c.seqPendingOffset = 0
         }
+        if rx.dirtyLog != nil {
+            // Live migration: the data went into these buffers (some may be given back below: marking them
+            // too is harmless).
+            for i in 0..<iovCount { rx.logWrite(iov[i].iov_base!, length: iov[i].iov_len) }
+        }
         var left = r
         var used = 0
         while used < chains && left > 0 {
@@ -227,8 +233,10 @@ extension VsockEngine {
                 // (alone means one chain, still described by rxSegs)
                 h.write(to: hdr)
                 _ = rxSegs.copyToWritable(offset: 0, from: hdr, length: VsockLayout.headerSize)
+                rx.logWritten(rxSegs, bytes: VsockLayout.headerSize)
             } else {
                 h.write(to: batchHeaders[used])
+                rx.logWrite(batchHeaders[used], length: VsockLayout.headerSize)
             }
             rx.complete(head: batchHeads[used], length: UInt32(VsockLayout.headerSize + n))
             left -= n

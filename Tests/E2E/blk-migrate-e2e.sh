@@ -7,6 +7,7 @@
 # The guest copies fio to its own RAM and unmounts the host's root (QEMU refuses to migrate with 9p mounted),
 # then runs verified write rounds; the source is migrated while they run (QMP `migrate`, dirty pages of vdevd's
 # writes logged through VHOST_F_LOG_ALL), the destination carries on with the other vdevd.
+# VSOCK=1 adds a vhost-user-vsock device on a second vdevd per side (QEMU 7.2 refuses to migrate it).
 # Checks: QEMU migrated (query-migrate: completed); every fio round verified, on both sides of the migration;
 # the source vdevd logged dirty pages (logging was on) and the destination vdevd served the guest after.
 # Exit status: 0 all passed, 1 a check failed, 2 setup error.
@@ -40,6 +41,14 @@ trap 'exit 2' INT TERM
 
 dd if=/dev/urandom of="$IMG" bs=1M count=64 status=none || die "dd"
 for side in src dst; do
+    if [ "${VSOCK:-0}" = 1 ]; then
+        # VSOCK=1: the VM also has a vsock device (guest CID 3) on vdevd. QEMU 7.2 itself refuses to migrate a VM
+        # with vhost-user-vsock ("State blocked by non-migratable device"), so this is off by default.
+        "$VDEVD" --export "vhost-user-vsock,id=vm3,guest-cid=3,socket=$WORK/$side-vsock.sock,uds-path=$WORK/$side.vsock" \
+            > "$WORK/vdevd-vsock-$side.log" 2>&1 &
+        PIDS+=($!)
+        for _ in $(seq 100); do [ -S "$WORK/$side-vsock.sock" ] && break; sleep 0.05; done
+    fi
     if [ "${BACKEND:-vdevd}" = qsd ]; then  # the reference, for comparison (not in CI)
         qemu-storage-daemon --blockdev "driver=file,node-name=d0,filename=$IMG,locking=off" \
             --export "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=$WORK/$side.sock,writable=on,num-queues=2" \
@@ -101,7 +110,10 @@ PY
 
 rg_opts=(--timeout "$GUEST_TIMEOUT" --mem 256M)
 [ "${VERBOSE:-0}" = 1 ] || rg_opts+=(--quiet)
-dev() { echo "-chardev socket,id=c0,path=$WORK/$1.sock -device vhost-user-blk-pci,chardev=c0,num-queues=2"; }
+dev() {
+    echo "-chardev socket,id=c0,path=$WORK/$1.sock -device vhost-user-blk-pci,chardev=c0,num-queues=2"
+    [ "${VSOCK:-0}" = 1 ] && echo "-chardev socket,id=c1,path=$WORK/$1-vsock.sock -device vhost-user-vsock-pci,chardev=c1"
+}
 # shellcheck disable=SC2046
 "$REPO/scripts/run-guest.sh" "${rg_opts[@]}" --log "$WORK/console-dst.log" "$WORK/guest.sh" -- \
     $(dev dst) -qmp "unix:$WORK/qmp-dst.sock,server=on,wait=off" -incoming "unix:$WORK/mig.sock" &

@@ -43,10 +43,11 @@ final class VsockConfigTests: VsockTestCase {
         let fe = try VhostUserFrontend(path: s.socket)
         let offered = try fe.getU64(.getFeatures)
         // VERSION_1 (32), RING_EVENT_IDX (29), RING_INDIRECT_DESC (28), VIRTIO_VSOCK_F_STREAM (0),
-        // VIRTIO_VSOCK_F_SEQPACKET (1), plus VHOST_USER_F_PROTOCOL_FEATURES (30). Nothing else.
+        // VIRTIO_VSOCK_F_SEQPACKET (1), plus VHOST_USER_F_PROTOCOL_FEATURES (30) and VHOST_F_LOG_ALL (26, live
+        // migration). Nothing else.
         let expected: UInt64 = 1 << 32 | 1 << 29 | 1 << 28 | 1 << 0 | 1 << 1
         XCTAssertEqual(VsockDevice.features, expected)
-        XCTAssertEqual(offered, VsockDevice.features | 1 << 30)
+        XCTAssertEqual(offered, VsockDevice.features | 1 << 30 | 1 << 26)
         XCTAssertEqual(offered & VirtioFeature.ringPacked, 0)
         XCTAssertEqual(offered & VirtioFeature.accessPlatform, 0)
         XCTAssertEqual(try fe.getU64(.getQueueNum), 3, "rx, tx and event queues")
