@@ -30,6 +30,9 @@ struct VdevdCommand: ParsableCommand {
     @Option(name: .customLong("export"), help: ArgumentHelp("An export: TYPE,key=value,... (repeatable).", valueName: "spec"))
     var exports: [String] = []
 
+    @Option(name: .customLong("switch"), help: ArgumentHelp("A switch for net exports: id=NAME[,uplink=tap:IFNAME] (repeatable).", valueName: "spec"))
+    var switches: [String] = []
+
     @Option(help: "Number of poller threads serving all queues.")
     var pollers: Int = 1
 
@@ -64,9 +67,12 @@ struct VdevdCommand: ParsableCommand {
             }
         }
         var specs: [ExportSpec] = []
+        var switchSpecs: [SwitchSpec] = []
         do {
             for e in exports { specs.append(try ExportSpec.parse(e)) }
             try ExportSpec.validate(specs)
+            for s in switches { switchSpecs.append(try SwitchSpec.parse(s)) }
+            try SwitchSpec.validate(switchSpecs, exports: specs)
             for s in specs where s.poller != nil && s.poller! >= pollers {
                 throw ExportSpecError(export: s.id, key: "poller", message: "no poller \(s.poller!) (there are \(pollers))")
             }
@@ -93,6 +99,7 @@ struct VdevdCommand: ParsableCommand {
             logger.info("io_uring workers run on CPUs \(group.workers.cpus.map(String.init).joined(separator: ",")), at most \(ioWorkers) per poller")
         }
         var started: [Export] = []
+        for s in switchSpecs { SwitchFactory.make(s) }
         for s in specs {
             do {
                 let e = try ExportFactory.make(s, pollers: group, logger: logger)

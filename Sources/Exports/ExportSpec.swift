@@ -1,4 +1,5 @@
 import Blk
+import Net
 import Vsock
 
 /// An export as the operator wrote it: `TYPE,key=value,...` (a literal comma in a value is written `,,`,
@@ -7,6 +8,7 @@ public struct ExportSpec: Equatable {
     public enum Kind: String, CaseIterable {
         case vhostUserBlk = "vhost-user-blk"
         case vhostUserVsock = "vhost-user-vsock"
+        case vhostUserNet = "vhost-user-net"
     }
 
     public struct Key {
@@ -43,6 +45,7 @@ public struct ExportSpec: Equatable {
             Key(name: "socket-mode", help: "socket permissions, octal (default 0660)", required: false),
             Key(name: "poller", help: "poller index (default: its group's)", required: false),
         ],
+        .vhostUserNet: NetExportSpec.keys,
     ]
 
     public var kind: Kind
@@ -51,6 +54,8 @@ public struct ExportSpec: Equatable {
     public var blk: BlkOptions
     /// Options of a vhost-user-vsock export.
     public var vsock: VsockOptions?
+    /// Options of a vhost-user-net export.
+    public var net: NetOptions?
     public var socket: String
     public var socketMode: UInt32 = 0o660
     public var poller: Int?
@@ -128,6 +133,7 @@ public struct ExportSpec: Equatable {
         switch kind {
         case .vhostUserBlk: spec = try parseBlk(id: id!, values: values, v)
         case .vhostUserVsock: spec = try parseVsock(id: id!, values: values, v)
+        case .vhostUserNet: spec = try NetExportSpec.parse(id: id!, values: values, v)
         }
         if let m = values["socket-mode"] {
             guard let mode = UInt32(m, radix: 8), mode <= 0o777 else {

@@ -38,6 +38,10 @@ final class VhostUserSession {
         VhostUserProtocolFeature.mq | VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
         | VhostUserProtocolFeature.configureMemSlots | VhostUserProtocolFeature.resetDevice
         | VhostUserProtocolFeature.status
+    /// Protocol features for this device: RARP only where the device can announce a migrated guest (net).
+    var offeredProtocolFeatures: UInt64 {
+        Self.supportedProtocolFeatures | (device is MigrationAnnouncer ? VhostUserProtocolFeature.rarp : 0)
+    }
     /// Memory slots offered with CONFIGURE_MEM_SLOTS (each is one mapping; capped so a frontend cannot grow it).
     static let maxMemSlots = 32
 
@@ -119,7 +123,8 @@ final class VhostUserSession {
             try expectPayload(m, 8)
             let f = try r.u64(0)
             // Rings latch features (EVENT_IDX, INDIRECT) when they start; a change under them is refused.
-            guard !vrings.contains(where: { $0.running != nil }) else {
+            // (QEMU's vhost-user-net sends the same features again for each queue pair it starts.)
+            guard f == features || !vrings.contains(where: { $0.running != nil }) else {
                 throw VhostUserError.rejected("SET_FEATURES while rings are running")
             }
             let allowed = device.offeredFeatures | vhostUserFProtocolFeatures
@@ -130,11 +135,11 @@ final class VhostUserSession {
             device.featuresAcked(f & ~vhostUserFProtocolFeatures)
             logger.debug("features acked 0x\(String(f, radix: 16))")
         case .getProtocolFeatures:
-            try connection.replyU64(to: m.request, Self.supportedProtocolFeatures)
+            try connection.replyU64(to: m.request, offeredProtocolFeatures)
         case .setProtocolFeatures:
             try expectPayload(m, 8)
             let f = try r.u64(0)
-            guard f & ~Self.supportedProtocolFeatures == 0 else {
+            guard f & ~offeredProtocolFeatures == 0 else {
                 throw VhostUserError.rejected("protocol features 0x\(String(f, radix: 16)) not offered")
             }
             protocolFeatures = f
@@ -225,6 +230,12 @@ final class VhostUserSession {
             throw VhostUserError.rejected("cross-endian rings are not supported")
         case .setBackendReqFD, .setLogFD, .setInflightFD:
             throw VhostUserError.rejected("\(m.request) needs a protocol feature this backend does not offer")
+        case .sendRARP where protocolFeatures & VhostUserProtocolFeature.rarp != 0:
+            // vhost-user.rst: the payload's first 6 bytes are the guest's MAC.
+            try expectPayload(m, 8)
+            guard let a = device as? MigrationAnnouncer, a.announce(mac: Array(m.payload.prefix(6))) else {
+                throw VhostUserError.rejected("SEND_RARP for a MAC this device does not own")
+            }
         case .setLogBase, .getInflightFD, .iotlbMsg, .sendRARP, .netSetMTU, .vringKick:
             throw VhostUserError.malformed("\(m.request) needs a feature this backend does not offer")
         default:

@@ -1,0 +1,164 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CVdevd
+import Virtio
+
+/// A receive queue (virtio 1.3, 5.1.6.3): frames the switch left in this queue's endpoint are copied straight
+/// from the sender's memory into the guest's rx buffers, spread over several buffers with MRG_RXBUF
+/// (num_buffers set, 5.1.6.3.1). A frame with no buffer for it is dropped and counted, never waited for.
+final class NetRxQueue: QueueHandler, FDWatcher {
+    let binding: QueueBinding
+    let endpoint: RxEndpoint
+    unowned(unsafe) let port: SwitchPort
+    let sw: NetSwitch
+    let poller: Poller
+    let headerSize: Int
+    let mergeable: Bool
+    let guestCsum: Bool
+    let counters: PortCounters
+    var stats: QueueStats { binding.stats }
+    var inflight: Int { 0 }
+
+    /// Most buffers one frame may take with MRG_RXBUF (64 KiB frames into 1.5 KiB buffers need 44).
+    static let maxChains = 64
+    static let batchSize = 64
+    private let chains: UnsafeMutablePointer<ChainSegments>
+    private let heads: UnsafeMutablePointer<UInt16>
+    private let taken: UnsafeMutablePointer<NetFrameRef>
+    private let hdr = UnsafeMutableRawPointer.allocate(byteCount: NetHeader.size, alignment: 8)
+    private var watchToken: UInt64?
+
+    init(context: QueueContext, port: SwitchPort, sw: NetSwitch, features: UInt64) throws {
+        binding = context.binding
+        poller = context.poller
+        self.port = port
+        self.sw = sw
+        headerSize = NetHeader.size(features: features)
+        mergeable = features & NetFeature.mrgRxbuf != 0
+        guestCsum = features & NetFeature.guestCsum != 0
+        counters = port.counters
+        endpoint = try RxEndpoint()
+        chains = .allocate(capacity: NetRxQueue.maxChains)
+        for i in 0..<NetRxQueue.maxChains { (chains + i).initialize(to: ChainSegments(capacity: 64)) }
+        heads = .allocate(capacity: NetRxQueue.maxChains)
+        taken = .allocate(capacity: NetRxQueue.batchSize)
+        // Called on the poller thread (makeQueueHandler): the doorbell joins this poller's epoll.
+        watchToken = try poller.watch(fd: endpoint.doorbell.fd, events: UInt32(VDV_EPOLLIN), self)
+        sw.addEndpoint(endpoint, to: port)
+    }
+
+    deinit {
+        for i in 0..<NetRxQueue.maxChains { chains[i].deallocate() }
+        chains.deinitialize(count: NetRxQueue.maxChains)
+        chains.deallocate()
+        heads.deallocate()
+        taken.deallocate()
+        hdr.deallocate()
+    }
+
+    func fdReady(events: UInt32) { endpoint.doorbell.drain() }
+
+    func complete(tag: UInt32, result: Int32) {}
+
+    func process() throws -> Bool {
+        endpoint.disarm()
+        let n = sw.take(endpoint, into: taken, max: NetRxQueue.batchSize)
+        var i = 0
+        do {
+            while i < n {
+                try deliver(taken[i])
+                taken[i].releaseFrame()
+                i += 1
+            }
+        } catch {
+            // This guest broke its rx ring: its queue stops, and nothing it was sent may hold up the senders.
+            while i < n { taken[i].releaseFrame(); i += 1 }
+            stopReceiving()
+            throw error
+        }
+        return n > 0
+    }
+
+    /// Copies one frame into as many rx buffers as it needs (one without MRG_RXBUF).
+    @inline(__always)
+    private func deliver(_ f: NetFrameRef) throws {
+        let vq = binding.vq
+        let total = headerSize + f.pointee.length
+        var got = 0, room = 0
+        while room < total && got < NetRxQueue.maxChains {
+            guard let head = try vq.popHead() else { break }
+            try vq.readChain(head: head, into: &chains[got])
+            guard chains[got].readableCount == 0 else { throw NetError.rxChainReadable }
+            heads[got] = head
+            room += Int(chains[got].writableBytes)
+            got += 1
+            if !mergeable { break }
+        }
+        guard room >= total, got > 0, Int(chains[0].writableBytes) >= headerSize || mergeable else {
+            for _ in 0..<got { vq.unpop() }
+            counters.add(got == 0 || mergeable ? .dropNoRxBuffers : .dropRxTooSmall)
+            return
+        }
+        var h = NetHeader()
+        h.numBuffers = mergeable ? UInt16(got) : 1
+        let sh = f.pointee.header
+        let needsCsum = sh.flags & NetHeader.needsCsum != 0
+        if needsCsum && guestCsum {
+            // 5.1.6.4: the partial checksum goes to the driver as it came, to be completed there (or not at all).
+            h.flags = NetHeader.needsCsum
+            h.csumStart = sh.csumStart
+            h.csumOffset = sh.csumOffset
+        }
+        h.write(to: hdr, size: headerSize)
+        _ = write(hdr, count: headerSize, at: 0, chains: got)
+        // The one copy: sender's buffers to this guest's buffers.
+        var at = headerSize
+        for s in 0..<f.pointee.iovCount {
+            let seg = f.pointee.iov[s]
+            at += write(UnsafeRawPointer(seg.iov_base!), count: seg.iov_len, at: at, chains: got)
+        }
+        if needsCsum && !guestCsum {
+            // The receiver cannot complete it: compute it here over the sender's bytes, store it in the copy.
+            var c = InternetChecksum()
+            c.add(frame: f, from: Int(sh.csumStart))
+            var v = c.result.bigEndian
+            _ = write(&v, count: 2, at: headerSize + Int(sh.csumStart) + Int(sh.csumOffset), chains: got)
+        }
+        var left = total
+        for i in 0..<got {
+            let n = min(left, Int(chains[i].writableBytes))
+            binding.complete(head: heads[i], length: UInt32(n))
+            left -= n
+        }
+        counters.add(.rxFrames)
+        counters.add(.rxBytes, UInt64(f.pointee.length))
+    }
+
+    /// Writes bytes at an offset of the writable space of the first `count` chains taken; returns bytes written.
+    @inline(__always)
+    private func write(_ src: UnsafeRawPointer, count: Int, at offset: Int, chains n: Int) -> Int {
+        var skip = offset, done = 0, i = 0
+        while i < n && done < count {
+            let room = Int(chains[i].writableBytes)
+            if skip >= room { skip -= room } else {
+                let k = chains[i].copyToWritable(offset: skip, from: src + done, length: min(room - skip, count - done))
+                done += k
+                skip = 0
+            }
+            i += 1
+        }
+        return done
+    }
+
+    /// Frames waiting, or senders told to wake us when one comes (checked after notifications are armed).
+    func hasPendingWork() -> Bool { endpoint.armAndCheck() }
+
+    private func stopReceiving() {
+        sw.removeEndpoint(endpoint)
+        if let t = watchToken { poller.unwatch(fd: endpoint.doorbell.fd, token: t) }
+        watchToken = nil
+    }
+
+    func detached() { stopReceiving() }
+}

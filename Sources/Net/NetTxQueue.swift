@@ -1,0 +1,204 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CVdevd
+import Virtio
+
+/// A transmit queue (virtio 1.3, 5.1.6.2): each chain is one frame, checked, then handed to the switch by
+/// reference. A chain goes back to the guest once every receiver has copied it; chains go back in order.
+final class NetTxQueue: QueueHandler {
+    let binding: QueueBinding
+    unowned(unsafe) let port: SwitchPort
+    let sw: NetSwitch
+    let headerSize: Int
+    let features: UInt64
+    let maxFrame: Int
+    let counters: PortCounters
+    var stats: QueueStats { binding.stats }
+
+    private let table: NetFrameTable
+    /// Heads whose frame is in the switch (a guest offering one again is breaking the ring).
+    private let busy: UnsafeMutablePointer<Bool>
+    /// Heads in the order they were taken; completed from the front.
+    private let order: UnsafeMutablePointer<UInt16>
+    private var orderStart = 0
+    private var orderCount = 0
+    private var segs = ChainSegments(capacity: NetFrame.maxSegments + 1)
+    private let batch: UnsafeMutablePointer<NetFrameRef>
+    private let scratch = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
+    private let wake = WakeList()
+    static let batchSize = 32
+
+    /// Largest frame without segmentation offload: MTU plus Ethernet header and one VLAN tag.
+    static func maxFrame(mtu: Int, features: UInt64) -> Int {
+        let gso = NetFeature.hostTSO4 | NetFeature.hostTSO6 | NetFeature.hostUFO
+        return features & gso != 0 ? 65535 + 14 + 4 : mtu + 14 + 4
+    }
+
+    init(binding: QueueBinding, port: SwitchPort, sw: NetSwitch, features: UInt64, mtu: Int) {
+        self.binding = binding
+        self.port = port
+        self.sw = sw
+        self.features = features
+        headerSize = NetHeader.size(features: features)
+        maxFrame = NetTxQueue.maxFrame(mtu: mtu, features: features)
+        counters = port.counters
+        let n = Int(binding.vq.size)
+        table = NetFrameTable(count: n)
+        busy = .allocate(capacity: n)
+        busy.initialize(repeating: false, count: n)
+        order = .allocate(capacity: n)
+        batch = .allocate(capacity: NetTxQueue.batchSize)
+    }
+
+    deinit {
+        busy.deallocate()
+        order.deallocate()
+        batch.deallocate()
+        scratch.deallocate()
+        segs.deallocate()
+    }
+
+    var inflight: Int { orderCount }
+
+    func process() throws -> Bool {
+        var did = retire()
+        let vq = binding.vq
+        let size = Int(vq.size)
+        var n = 0
+        while n < NetTxQueue.batchSize, let head = try vq.popHead() {
+            guard !busy[Int(head)] else { throw NetError.headInFlight(head) }
+            try vq.readChain(head: head, into: &segs)
+            let f = table.frames + Int(head)
+            busy[Int(head)] = true
+            order[(orderStart + orderCount) % size] = head
+            orderCount += 1
+            did = true
+            if parse(f) {
+                f.holdBySender()
+                batch[n] = f
+                n += 1
+            }
+        }
+        if n > 0 {
+            sw.forward(batch, count: n, from: port, now: monotonicMicros(), wake: wake)
+            for i in 0..<n { batch[i].releaseFrame() }
+            wake.ring()
+        }
+        if retire() { did = true }
+        return did
+    }
+
+    /// Gives back, in order, the chains no receiver holds any more.
+    private func retire() -> Bool {
+        let size = Int(binding.vq.size)
+        var did = false
+        while orderCount > 0 {
+            let head = order[orderStart]
+            guard !(table.frames + Int(head)).frameInUse else { break }
+            busy[Int(head)] = false
+            binding.complete(head: head, length: 0)
+            orderStart = (orderStart + 1) % size
+            orderCount -= 1
+            did = true
+        }
+        return did
+    }
+
+    /// Checks the chain now in `segs` and describes its frame in f; false (counted) if it is dropped.
+    private func parse(_ f: NetFrameRef) -> Bool {
+        // 5.1.6.2: a transmit chain is device-readable only: header, then the frame.
+        guard segs.writableCount == 0, segs.readableBytes >= UInt64(headerSize) else {
+            counters.add(.dropBadHeader)
+            return false
+        }
+        let length = Int(segs.readableBytes) - headerSize
+        guard length >= 14 else {
+            counters.add(.dropRunt)
+            return false
+        }
+        guard length <= maxFrame else {
+            counters.add(.dropOversized)
+            return false
+        }
+        guard segs.copyReadable(offset: 0, into: scratch, length: headerSize) else {
+            counters.add(.dropBadHeader)
+            return false
+        }
+        var h = NetHeader(from: scratch, size: headerSize)
+        h.numBuffers = 0
+        guard validate(h, length: length) else {
+            counters.add(.dropBadHeader)
+            return false
+        }
+        // Ethernet header and, for IPv4, the addresses and ports that pick the receiver's queue.
+        let peek = min(length, 38)
+        guard segs.copyReadable(offset: headerSize, into: scratch, length: peek),
+              let k = segs.slice(writable: false, offset: headerSize, length: length, into: f.pointee.iov,
+                                 outCapacity: NetFrame.maxSegments) else {
+            counters.add(.dropBadHeader)
+            return false
+        }
+        let dst = MACAddress(at: scratch), src = MACAddress(at: scratch + 6)
+        let etherType = UInt16(scratch.load(fromByteOffset: 12, as: UInt8.self)) << 8 | UInt16(scratch.load(fromByteOffset: 13, as: UInt8.self))
+        if src.isMulticast || src.value == 0 {
+            counters.add(.dropBadSource)
+            return false
+        }
+        if let fixed = port.fixedMAC, fixed != src {
+            counters.add(.dropSpoofed)
+            return false
+        }
+        // An access port carries untagged frames only: a tag from the guest could reach another VLAN's segment.
+        if port.vlan != 0 && (etherType == 0x8100 || etherType == 0x88a8) {
+            counters.add(.dropTagged)
+            return false
+        }
+        var hash = UInt32(truncatingIfNeeded: dst.value ^ src.value ^ (dst.value >> 32) ^ (src.value >> 32))
+        if etherType == 0x0800 && peek >= 38 {
+            hash ^= scratch.loadUnaligned(fromByteOffset: 26, as: UInt32.self) ^ scratch.loadUnaligned(fromByteOffset: 30, as: UInt32.self)
+            hash ^= scratch.loadUnaligned(fromByteOffset: 34, as: UInt32.self)
+        }
+        f.pointee.iovCount = k
+        f.pointee.length = length
+        f.pointee.header = h
+        f.pointee.dst = dst
+        f.pointee.src = src
+        f.pointee.flowHash = hash &* 0x9E37_79B1
+        counters.add(.txFrames)
+        counters.add(.txBytes, UInt64(length))
+        return true
+    }
+
+    /// 5.1.6.2.1: only NEEDS_CSUM from a driver, inside the frame; GSO only as negotiated.
+    private func validate(_ h: NetHeader, length: Int) -> Bool {
+        guard h.flags & ~NetHeader.needsCsum == 0 else { return false }
+        if h.flags & NetHeader.needsCsum != 0 {
+            guard features & NetFeature.csum != 0,
+                  Int(h.csumStart) + Int(h.csumOffset) + 2 <= length else { return false }
+        }
+        let gso = h.gsoType & ~NetHeader.gsoECN
+        switch gso {
+        case NetHeader.gsoNone:
+            return h.gsoType & NetHeader.gsoECN == 0
+        case NetHeader.gsoTCPv4:
+            guard features & NetFeature.hostTSO4 != 0 else { return false }
+        case NetHeader.gsoTCPv6:
+            guard features & NetFeature.hostTSO6 != 0 else { return false }
+        case NetHeader.gsoUDP:
+            guard features & NetFeature.hostUFO != 0 else { return false }
+        default:
+            return false
+        }
+        if h.gsoType & NetHeader.gsoECN != 0 && features & NetFeature.hostECN == 0 { return false }
+        // A segmented frame carries a partial checksum and a segment size.
+        return h.flags & NetHeader.needsCsum != 0 && h.gsoSize > 0
+    }
+
+    func complete(tag: UInt32, result: Int32) {}
+
+    /// New chains, or frames still in the switch (receivers on other pollers release them without waking us).
+    func hasPendingWork() -> Bool {
+        orderCount > 0 || ((try? binding.vq.pendingCount()) ?? 0) > 0
+    }
+}
