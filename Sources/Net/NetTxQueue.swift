@@ -59,32 +59,44 @@ final class NetTxQueue: QueueHandler {
         segs.deallocate()
     }
 
-    var inflight: Int { orderCount }
+    /// Frames receivers still hold. Asked by the poller while the queue stops (also after the guest broke it, when
+    /// process() no longer runs): chains they let go of are given back here first, so the stop waits only for them.
+    var inflight: Int {
+        _ = retire()
+        return orderCount
+    }
 
     func process() throws -> Bool {
         var did = retire()
         let vq = binding.vq
         let size = Int(vq.size)
         var n = 0
-        while n < NetTxQueue.batchSize, let head = try vq.popHead() {
-            guard !busy[Int(head)] else { throw NetError.headInFlight(head) }
-            try vq.readChain(head: head, into: &segs)
-            let f = table.frames + Int(head)
-            busy[Int(head)] = true
-            order[(orderStart + orderCount) % size] = head
-            orderCount += 1
-            did = true
-            if parse(f) {
-                f.holdBySender()
-                batch[n] = f
-                n += 1
+        var broken: Error?
+        do {
+            while n < NetTxQueue.batchSize, let head = try vq.popHead() {
+                guard !busy[Int(head)] else { throw NetError.headInFlight(head) }
+                try vq.readChain(head: head, into: &segs)
+                let f = table.frames + Int(head)
+                busy[Int(head)] = true
+                order[(orderStart + orderCount) % size] = head
+                orderCount += 1
+                did = true
+                if parse(f) {
+                    f.holdBySender()
+                    batch[n] = f
+                    n += 1
+                }
             }
+        } catch {
+            // The guest broke the ring: frames checked before the bad chain still go out (and their holds go).
+            broken = error
         }
         if n > 0 {
             sw.forward(batch, count: n, from: port, now: monotonicMicros(), wake: wake)
             for i in 0..<n { batch[i].releaseFrame() }
             wake.ring()
         }
+        if let broken { throw broken }
         if retire() { did = true }
         return did
     }
@@ -164,7 +176,11 @@ final class NetTxQueue: QueueHandler {
         f.pointee.header = h
         f.pointee.dst = dst
         f.pointee.src = src
-        f.pointee.flowHash = hash &* 0x9E37_79B1
+        // Mixed so every input bit reaches the low bits that pick the queue.
+        hash ^= hash >> 16
+        hash = hash &* 0x45d9_f3b
+        hash ^= hash >> 16
+        f.pointee.flowHash = hash
         counters.add(.txFrames)
         counters.add(.txBytes, UInt64(length))
         return true
