@@ -24,5 +24,7 @@ echo "== e2e: vhost-user-blk, libaio engine, spinning pollers"
 VDEVD_ARGS="--poll-us 200" DISK0_KEYS=",engine=aio" Tests/E2E/blk-e2e.sh
 echo "== e2e: vhost-user-vsock, two guests"
 Tests/E2E/vsock-e2e.sh
+echo "== e2e: vhost-user-net, two guests on one switch"
+Tests/E2E/net-e2e.sh
 
-echo "test.sh: $((UNIT + 4)) passed, 0 failed"
+echo "test.sh: $((UNIT + 5)) passed, 0 failed"
