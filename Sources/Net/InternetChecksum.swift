@@ -27,13 +27,15 @@ struct InternetChecksum {
         }
     }
 
-    /// Sums frame bytes from `offset` to the end of the frame.
-    mutating func add(frame f: NetFrameRef, from offset: Int) {
-        var skip = offset
-        for i in 0..<f.pointee.iovCount {
+    /// Sums `count` frame bytes from `offset` (to the end of the frame by default).
+    mutating func add(frame f: NetFrameRef, from offset: Int, count: Int = Int.max) {
+        var skip = offset, left = count
+        for i in 0..<f.pointee.iovCount where left > 0 {
             let seg = f.pointee.iov[i]
             if skip >= seg.iov_len { skip -= seg.iov_len; continue }
-            add(UnsafeRawPointer(seg.iov_base! + skip), seg.iov_len - skip)
+            let n = min(seg.iov_len - skip, left)
+            add(UnsafeRawPointer(seg.iov_base! + skip), n)
+            left -= n
             skip = 0
         }
     }

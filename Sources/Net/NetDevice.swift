@@ -18,11 +18,12 @@ public final class NetDevice: VirtioDevice, MigrationAnnouncer {
     private let announcement = NetFrameTable(count: 1)
     private let announcementBytes = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
 
-    /// Offered feature bits, one constant (asserted by tests). Host TSO/UFO are not offered: the switch does not
-    /// segment in software yet, so a receiver without GUEST_TSO could not take such a frame.
+    /// Offered feature bits, one constant (asserted by tests). TSO both ways: a GSO frame reaches a driver that
+    /// took GUEST_TSO4/6 whole and is segmented in software for one that did not. UFO and ECN are not offered
+    /// (the switch cannot fragment UDP in software).
     public static let features: UInt64 = VirtioFeature.version1 | VirtioFeature.ringEventIdx
         | VirtioFeature.ringIndirectDesc | NetFeature.mrgRxbuf | NetFeature.csum | NetFeature.guestCsum
-        | NetFeature.mq
+        | NetFeature.mq | NetFeature.hostTSO4 | NetFeature.hostTSO6 | NetFeature.guestTSO4 | NetFeature.guestTSO6
 
     public var deviceID: VirtioDeviceID { .net }
     public var offeredFeatures: UInt64 { NetDevice.features }

@@ -16,6 +16,9 @@ final class NetRxQueue: QueueHandler, FDWatcher {
     let headerSize: Int
     let mergeable: Bool
     let guestCsum: Bool
+    let guestTSO4: Bool
+    let guestTSO6: Bool
+    private let segmenter = TCPSegmenter()
     let counters: PortCounters
     var stats: QueueStats { binding.stats }
     var inflight: Int { 0 }
@@ -37,6 +40,8 @@ final class NetRxQueue: QueueHandler, FDWatcher {
         headerSize = NetHeader.size(features: features)
         mergeable = features & NetFeature.mrgRxbuf != 0
         guestCsum = features & NetFeature.guestCsum != 0
+        guestTSO4 = guestCsum && features & NetFeature.guestTSO4 != 0
+        guestTSO6 = guestCsum && features & NetFeature.guestTSO6 != 0
         counters = port.counters
         endpoint = try RxEndpoint()
         chains = .allocate(capacity: NetRxQueue.maxChains)
@@ -67,7 +72,7 @@ final class NetRxQueue: QueueHandler, FDWatcher {
         var i = 0
         do {
             while i < n {
-                try deliver(taken[i])
+                try deliverOrSegment(taken[i])
                 taken[i].releaseFrame()
                 i += 1
             }
@@ -78,6 +83,18 @@ final class NetRxQueue: QueueHandler, FDWatcher {
             throw error
         }
         return n > 0
+    }
+
+    /// A GSO frame goes as it is to a driver that takes it (5.1.6.4: GUEST_TSO4/6), cut into MSS-sized frames
+    /// for one that does not.
+    @inline(__always)
+    private func deliverOrSegment(_ f: NetFrameRef) throws {
+        let gso = f.pointee.header.gsoType & ~NetHeader.gsoECN
+        if gso == NetHeader.gsoNone || (gso == NetHeader.gsoTCPv4 && guestTSO4) || (gso == NetHeader.gsoTCPv6 && guestTSO6) {
+            return try deliver(f)
+        }
+        counters.add(.segmented)
+        if try !segmenter.segment(f, { try deliver($0) }) { counters.add(.dropUnsegmentable) }
     }
 
     /// Copies one frame into as many rx buffers as it needs (one without MRG_RXBUF).
@@ -109,6 +126,10 @@ final class NetRxQueue: QueueHandler, FDWatcher {
             h.flags = NetHeader.needsCsum
             h.csumStart = sh.csumStart
             h.csumOffset = sh.csumOffset
+            // Only frames this receiver may take reach here with GSO (deliverOrSegment): the header goes as it came.
+            h.gsoType = sh.gsoType
+            h.gsoSize = sh.gsoSize
+            h.hdrLen = sh.hdrLen
         }
         h.write(to: hdr, size: headerSize)
         _ = write(hdr, count: headerSize, at: 0, chains: got)

@@ -13,6 +13,8 @@ final class NetTxQueue: QueueHandler {
     let headerSize: Int
     let features: UInt64
     let maxFrame: Int
+    /// Largest frame without GSO: the MTU plus Ethernet header and one VLAN tag.
+    let mtuFrame: Int
     let counters: PortCounters
     var stats: QueueStats { binding.stats }
 
@@ -42,6 +44,7 @@ final class NetTxQueue: QueueHandler {
         self.features = features
         headerSize = NetHeader.size(features: features)
         maxFrame = NetTxQueue.maxFrame(mtu: mtu, features: features)
+        mtuFrame = mtu + 14 + 4
         counters = port.counters
         let n = Int(binding.vq.size)
         table = NetFrameTable(count: n)
@@ -141,6 +144,10 @@ final class NetTxQueue: QueueHandler {
         h.numBuffers = 0
         guard validate(h, length: length) else {
             counters.add(.dropBadHeader)
+            return false
+        }
+        guard h.gsoType != NetHeader.gsoNone || length <= mtuFrame else {
+            counters.add(.dropOversized)
             return false
         }
         // Ethernet header and, for IPv4, the addresses and ports that pick the receiver's queue.

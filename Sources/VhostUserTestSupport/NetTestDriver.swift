@@ -10,6 +10,10 @@ public final class NetTestDriver {
     // virtio-net feature bits and header layout, from the spec.
     public static let fCsum: UInt64 = 1 << 0
     public static let fGuestCsum: UInt64 = 1 << 1
+    public static let fGuestTSO4: UInt64 = 1 << 7
+    public static let fGuestTSO6: UInt64 = 1 << 8
+    public static let fHostTSO4: UInt64 = 1 << 11
+    public static let fHostTSO6: UInt64 = 1 << 12
     public static let fMrgRxbuf: UInt64 = 1 << 15
     public static let fMQ: UInt64 = 1 << 22
     public static let fVersion1: UInt64 = 1 << 32
@@ -186,6 +190,36 @@ public enum TestFrame {
         while p >> 16 != 0 { p = (p & 0xffff) + (p >> 16) }
         let udp: [UInt8] = [0x30, 0x39, 0x30, 0x3a, UInt8(udpLen >> 8), UInt8(udpLen & 0xff), UInt8(p >> 8), UInt8(p & 0xff)]
         return ethernet(dst: dst, src: src, type: 0x0800, payload: ip + udp + payload)
+    }
+
+    /// An IPv4/TCP frame (20-byte TCP header, flags PSH|ACK|FIN as given) whose checksum field holds only the
+    /// pseudo-header sum, as a driver doing TSO leaves it (csum_start 34, csum_offset 16). The IP total length
+    /// is the whole frame's, as Linux sets it for a GSO packet.
+    public static func tcpPartial(dst: [UInt8], src: [UInt8], seq: UInt32, flags: UInt8, payload: [UInt8]) -> [UInt8] {
+        let srcIP: [UInt8] = [169, 254, 0, 1], dstIP: [UInt8] = [169, 254, 0, 2]
+        let tcpLen = 20 + payload.count
+        let total = min(20 + tcpLen, 65535)
+        var ip: [UInt8] = [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0x12, 0x34, 0x40, 0, 64, 6, 0, 0]
+        ip += srcIP + dstIP
+        let ipSum = fold(sum16(ip))
+        ip[10] = UInt8(ipSum >> 8); ip[11] = UInt8(ipSum & 0xff)
+        var p = sum16(srcIP + dstIP + [0, 6, UInt8((tcpLen >> 8) & 0xff), UInt8(tcpLen & 0xff)])
+        while p >> 16 != 0 { p = (p & 0xffff) + (p >> 16) }
+        var tcp: [UInt8] = [0x30, 0x39, 0x00, 0x50]
+        tcp += [UInt8(seq >> 24), UInt8((seq >> 16) & 0xff), UInt8((seq >> 8) & 0xff), UInt8(seq & 0xff)]
+        tcp += [0, 0, 0, 1, 0x50, flags, 0xff, 0xff, UInt8(p >> 8), UInt8(p & 0xff), 0, 0]
+        return ethernet(dst: dst, src: src, type: 0x0800, payload: ip + tcp + payload)
+    }
+
+    /// Whether an IPv4/TCP frame's IP header checksum and TCP checksum (RFC 793 pseudo-header) verify.
+    public static func tcpChecksumsValid(_ f: [UInt8]) -> Bool {
+        let ihl = Int(f[14] & 0xf) * 4
+        let ip = Array(f[14..<(14 + ihl)])
+        let total = Int(f[16]) << 8 | Int(f[17])
+        guard fold(sum16(ip)) == 0, total == f.count - 14 else { return false }
+        let tcp = Array(f[(14 + ihl)...])
+        let pseudo = Array(ip[12..<20]) + [0, 6, UInt8(tcp.count >> 8), UInt8(tcp.count & 0xff)]
+        return fold(sum16(pseudo) + sum16(tcp)) == 0
     }
 
     /// Whether the UDP checksum of an IPv4/UDP frame (as built above) verifies (RFC 768 over the pseudo-header).

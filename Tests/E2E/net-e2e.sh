@@ -6,8 +6,11 @@
 # Guest A (169.254.10.1, mac=52:54:00:0a:00:01) and guest B (169.254.10.2, mac=52:54:00:0a:00:02) are
 # ports of switch sw0, each pinned to its MAC. Link-local addresses only. Checks:
 #   ping:      A and B ping each other (ARP is flooded and learned, replies are unicast), no loss
-#   tcp:       B sends 16 MiB over TCP to A; A compares the sha256 with the host's
-#   counters:  vdevd's port totals at exit show the frames both ways and no drops for spoofing
+#   tcp:       B sends 16 MiB over TCP to A, then A sends 16 MiB to B; each receiver compares the sha256 with
+#              the host's. A's NIC has guest_tso4/6=off and guest_csum=off, so B's TSO frames are segmented and
+#              checksummed in software on their way to A, while A's reach B whole (GUEST_TSO4 passthrough)
+#   counters:  vdevd's port totals at exit show the frames both ways, software segmentation for A only, and
+#              no drops for spoofing
 # Exit status: 0 all passed, 1 a check failed, 2 setup error.
 set -u -o pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -91,12 +94,22 @@ wait $LPID
 h=$(sha256sum /tmp/in.bin | cut -d' ' -f1)
 n=$(stat -c %s /tmp/in.bin)
 [ "$h" = "$DATA_SHA" ] && ck PASS tcp-data "16 MiB from B intact ($n bytes, $(( $(date +%s) - t0 ))s)" || ck FAIL tcp-data "sha $h, $n bytes"
+# Then the other way (B listens on 5001 since before its own send).
+i=0
+until socat -u FILE:data.bin TCP:169.254.10.2:5001,connect-timeout=5 2>/tmp/err; do
+    i=$((i + 1))
+    [ $i -lt 30 ] || { ck FAIL tcp-send "$(cat /tmp/err)"; break; }
+    sleep 1
+done
+[ $i -lt 30 ] && ck PASS tcp-send "16 MiB sent to B"
 if [ -z "$FAILS" ]; then echo "GUEST-RESULT: PASS"; else echo "GUEST-RESULT: FAIL$FAILS"; fi
 GUEST
 
 cat > "$WORK/guest-b.sh" <<'GUEST'
 . ./guest-net.sh
 netup 169.254.10.2
+(socat -u TCP-LISTEN:5001,reuseaddr CREATE:/tmp/in.bin) &
+LPID=$!
 if waitpeer 169.254.10.1; then
     out=$(ping -c 5 -w 60 169.254.10.1 2>&1 | grep 'packets transmitted')
     case "$out" in *" 0% packet loss"*) ck PASS ping "$out" ;; *) ck FAIL ping "$out" ;; esac
@@ -110,19 +123,23 @@ until socat -u FILE:data.bin TCP:169.254.10.1:5000,connect-timeout=5 2>/tmp/err;
     sleep 1
 done
 [ $i -lt 30 ] && ck PASS tcp-send "16 MiB sent to A"
+wait $LPID
+h=$(sha256sum /tmp/in.bin | cut -d' ' -f1)
+n=$(stat -c %s /tmp/in.bin)
+[ "$h" = "$DATA_SHA" ] && ck PASS tcp-data "16 MiB from A intact ($n bytes)" || ck FAIL tcp-data "sha $h, $n bytes"
 if [ -z "$FAILS" ]; then echo "GUEST-RESULT: PASS"; else echo "GUEST-RESULT: FAIL$FAILS"; fi
 GUEST
 
 rg_opts=(--timeout "$GUEST_TIMEOUT" --smp "${GUEST_SMP:-1}" --mem 256M)
 [ "${VERBOSE:-0}" = 1 ] || rg_opts+=(--quiet)
 # vectors=0: with MSI-X, QEMU 7.2 under TCG crashes when the guest starts a vhost-user-net device (real-guests.md).
-nic() { echo "-chardev socket,id=c0,path=$1 -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0,mac=$2,vectors=0"; }
+nic() { echo "-chardev socket,id=c0,path=$1 -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0,mac=$2,vectors=0$3"; }
 T1=$(date +%s)
 # shellcheck disable=SC2046
-"$REPO/scripts/run-guest.sh" "${rg_opts[@]}" --log "$WORK/console-a.log" "$WORK/guest-a.sh" -- $(nic "$WORK/a.sock" 52:54:00:0a:00:01) &
+"$REPO/scripts/run-guest.sh" "${rg_opts[@]}" --log "$WORK/console-a.log" "$WORK/guest-a.sh" -- $(nic "$WORK/a.sock" 52:54:00:0a:00:01 ",guest_tso4=off,guest_tso6=off,guest_csum=off") &
 GA=$!
 # shellcheck disable=SC2046
-"$REPO/scripts/run-guest.sh" "${rg_opts[@]}" --log "$WORK/console-b.log" "$WORK/guest-b.sh" -- $(nic "$WORK/b.sock" 52:54:00:0a:00:02) &
+"$REPO/scripts/run-guest.sh" "${rg_opts[@]}" --log "$WORK/console-b.log" "$WORK/guest-b.sh" -- $(nic "$WORK/b.sock" 52:54:00:0a:00:02 "") &
 GB=$!
 wait $GA; ra=$?
 wait $GB; rb=$?
@@ -139,7 +156,10 @@ for p in vmA vmB; do
     line=$(grep "export=$p" "$BLOG" | grep 'switch port totals' | sed 's/.*totals: //')
     rx=$(echo "$line" | grep -o 'rxFrames=[0-9]*' | cut -d= -f2)
     tx=$(echo "$line" | grep -o 'txFrames=[0-9]*' | cut -d= -f2)
-    if [ "${rx:-0}" -gt 0 ] && [ "${tx:-0}" -gt 0 ] && ! echo "$line" | grep -q dropSpoofed; then
+    seg=$(echo "$line" | grep -o 'segmented=[0-9]*' | cut -d= -f2)
+    if [ $p = vmA ]; then want_seg=yes; else want_seg=; fi
+    if [ "${rx:-0}" -gt 0 ] && [ "${tx:-0}" -gt 0 ] && ! echo "$line" | grep -q dropSpoofed \
+        && [ "${want_seg:+y}" = "${seg:+y}" ] && ! echo "$line" | grep -q dropUnsegmentable; then
         check PASS "h:$p-counters" "$line"
     else
         check FAIL "h:$p-counters" "'$line'"

@@ -5,8 +5,9 @@ import XCTest
 /// Mergeable rx buffers, checksum offload, multiqueue.
 final class NetDataPathTests: NetTestCase {
     func testOfferedFeatures() {
-        let want: UInt64 = 1 << 32 | 1 << 29 | 1 << 28 | 1 << 15 | 1 << 0 | 1 << 1 | 1 << 22
-        XCTAssertEqual(NetDevice.features, want, "VERSION_1 EVENT_IDX INDIRECT MRG_RXBUF CSUM GUEST_CSUM MQ, nothing else")
+        let want: UInt64 = 1 << 32 | 1 << 29 | 1 << 28 | 1 << 15 | 1 << 0 | 1 << 1 | 1 << 22 | 1 << 7 | 1 << 8 | 1 << 11 | 1 << 12
+        XCTAssertEqual(NetDevice.features, want,
+                       "VERSION_1 EVENT_IDX INDIRECT MRG_RXBUF CSUM GUEST_CSUM MQ GUEST_TSO4/6 HOST_TSO4/6, nothing else")
     }
 
     func testMergeableBuffersReassemble() throws {
@@ -115,5 +116,66 @@ final class NetDataPathTests: NetTestCase {
             ga.send(f)
             XCTAssertEqual(gb.receive(pair: 0)?.frame, f)
         }
+    }
+}
+
+/// TSO: a GSO frame reaches a driver with GUEST_TSO4 whole, and is cut into MSS segments for one without.
+final class NetSegmentationTests: NetTestCase {
+    func testTSOFrameIsPassedWholeToAReceiverWithGuestTSO() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum | NetTestDriver.fHostTSO4)
+        let gb = try guest(b, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fGuestCsum | NetTestDriver.fGuestTSO4)
+        gb.postRx(64, size: 1536)
+        let frame = TestFrame.tcpPartial(dst: mac(2), src: mac(1), seq: 1000, flags: 0x18, payload: pattern(20000, seed: 50))
+        ga.send(frame, header: .init(flags: 1, gsoType: 1, hdrLen: 54, gsoSize: 1448, csumStart: 34, csumOffset: 16))
+        let got = try XCTUnwrap(gb.receive())
+        XCTAssertEqual(got.frame, frame)
+        XCTAssertEqual(got.header.gsoType, 1)
+        XCTAssertEqual(got.header.gsoSize, 1448)
+        XCTAssertEqual(got.header.hdrLen, 54)
+        XCTAssertEqual(got.header.flags, 1)
+        XCTAssertEqual(got.header.csumStart, 34)
+        XCTAssertEqual(got.header.csumOffset, 16)
+        XCTAssertEqual(Int(got.header.numBuffers), got.buffers)
+        XCTAssertEqual(b.counter(.segmented), 0)
+    }
+
+    func testTSOFrameIsSegmentedForAReceiverWithout() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum | NetTestDriver.fHostTSO4)
+        let gb = try guest(b, features: NetTestDriver.fMrgRxbuf)
+        gb.postRx(64)
+        let payload = pattern(3500, seed: 51)
+        let frame = TestFrame.tcpPartial(dst: mac(2), src: mac(1), seq: 0xffff_fc00, flags: 0x19, payload: payload)
+        ga.send(frame, header: .init(flags: 1, gsoType: 1, hdrLen: 54, gsoSize: 1000, csumStart: 34, csumOffset: 16), split: true)
+        var joined: [UInt8] = []
+        for i in 0..<4 {
+            let got = try XCTUnwrap(gb.receive(), "segment \(i)")
+            let f = got.frame
+            XCTAssertEqual(got.header.gsoType, 0)
+            XCTAssertEqual(got.header.flags, 0)
+            XCTAssertEqual(f.count, 54 + (i < 3 ? 1000 : 500))
+            XCTAssertTrue(TestFrame.tcpChecksumsValid(f), "segment \(i): IP and TCP checksums complete")
+            let seq = UInt32(f[38]) << 24 | UInt32(f[39]) << 16 | UInt32(f[40]) << 8 | UInt32(f[41])
+            XCTAssertEqual(seq, 0xffff_fc00 &+ UInt32(1000 * i), "sequence numbers advance (and wrap)")
+            XCTAssertEqual(f[47], i < 3 ? 0x10 : 0x19, "FIN and PSH on the last segment only")
+            XCTAssertEqual(Int(f[18]) << 8 | Int(f[19]), 0x1234 + i, "IPv4 ids advance")
+            XCTAssertEqual(Array(f[0..<14]), Array(frame[0..<14]))
+            joined += f[54...]
+        }
+        XCTAssertEqual(joined, payload)
+        XCTAssertEqual(b.counter(.segmented), 1)
+        XCTAssertEqual(b.counter(.rxFrames), 4)
+    }
+
+    func testNonGSOFrameOverTheMTUIsOversizedEvenWithTSO() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum | NetTestDriver.fHostTSO4)
+        ga.send(TestFrame.ethernet(dst: mac(2), src: mac(1), type: 0x88b5, payload: pattern(3000, seed: 52)))
+        XCTAssertTrue(ga.waitTxDone())
+        XCTAssertEqual(a.counter(.dropOversized), 1)
     }
 }
