@@ -36,7 +36,7 @@ let package = Package(
         .executableTarget(
             name: "DeviceDaemon",
             dependencies: [
-                "Exports", "Blk", "Virtio", "CVdevd",
+                "Exports", "Blk", "Net", "Virtio", "CVdevd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -5,6 +5,7 @@ import ArgumentParser
 import CVdevd
 import Exports
 import Logging
+import Net
 import Virtio
 
 /// `vdevd`: serves virtio devices to VMs over vhost-user sockets.
@@ -99,7 +100,20 @@ struct VdevdCommand: ParsableCommand {
             logger.info("io_uring workers run on CPUs \(group.workers.cpus.map(String.init).joined(separator: ",")), at most \(ioWorkers) per poller")
         }
         var started: [Export] = []
-        for s in switchSpecs { SwitchFactory.make(s) }
+        var uplinks: [TapUplink] = []
+        for s in switchSpecs {
+            do {
+                if let u = try SwitchFactory.make(s).1 {
+                    uplinks.append(u)
+                    logger.info("switch \(s.id): uplink tap \(u.tap.name)")
+                }
+            } catch {
+                logger.critical("\(error)")
+                for u in uplinks { u.stop() }
+                group.stopAll()
+                throw ExitCode(1)
+            }
+        }
         for s in specs {
             do {
                 let e = try ExportFactory.make(s, pollers: group, logger: logger)
@@ -108,6 +122,7 @@ struct VdevdCommand: ParsableCommand {
             } catch {
                 logger.critical("\(error)")
                 for e in started { e.stop() }
+                for u in uplinks { u.stop() }
                 group.stopAll()
                 throw ExitCode(1)
             }
@@ -116,6 +131,11 @@ struct VdevdCommand: ParsableCommand {
         let sig = vdv_wait_term_signal()
         logger.info("signal \(sig): stopping")
         for e in started { e.stop() }
+        for u in uplinks {
+            u.stop()
+            let c = u.port.counters
+            logger.info("uplink \(u.tap.name) totals: \(PortCounters.Counter.allCases.filter { c.get($0) != 0 }.map { "\($0)=\(c.get($0))" }.joined(separator: " "))")
+        }
         group.stopAll()
         logger.info("vdevd stopped")
     }

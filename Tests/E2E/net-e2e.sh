@@ -9,6 +9,9 @@
 #   tcp:       B sends 16 MiB over TCP to A, then A sends 16 MiB to B; each receiver compares the sha256 with
 #              the host's. A's NIC has guest_tso4/6=off and guest_csum=off, so B's TSO frames are segmented and
 #              checksummed in software on their way to A, while A's reach B whole (GUEST_TSO4 passthrough)
+#   uplink:    the switch's tap uplink, moved by the test into a network namespace of its own at
+#              169.254.10.100: A pings it and sends it 4 MiB over TCP; the host checks the sha256 of what the
+#              namespace's listener got
 #   counters:  vdevd's port totals at exit show the frames both ways, software segmentation for A only, and
 #              no drops for spoofing
 # Exit status: 0 all passed, 1 a check failed, 2 setup error.
@@ -29,8 +32,10 @@ mkdir -p "$REPO/.cache"
 # shellcheck source=../../scripts/e2e-workdir.sh
 source "$REPO/scripts/e2e-workdir.sh"
 WORK=$(e2e_workdir net)
-BPID=
+BPID= NS=vdevd-net-e2e-$$ TAP=vdtap$$ NSPID=
 cleanup() {
+    [ -n "$NSPID" ] && kill "$NSPID" 2>/dev/null
+    ip netns del "$NS" 2>/dev/null
     if [ -n "$BPID" ] && kill -0 "$BPID" 2>/dev/null; then kill "$BPID"; sleep 0.5; kill -9 "$BPID" 2>/dev/null; fi
     if [ "$FAILED" = 0 ] && [ "${KEEP_WORK:-0}" != 1 ]; then rm -rf "$WORK"; else echo "net-e2e: work dir kept: $WORK"; fi
 }
@@ -39,16 +44,27 @@ trap 'exit 2' INT TERM
 
 dd if=/dev/urandom of="$WORK/data.bin" bs=1M count=16 status=none
 DATA_SHA=$(sha256sum < "$WORK/data.bin" | cut -d' ' -f1)
+dd if=/dev/urandom of="$WORK/up.bin" bs=1M count=4 status=none
+UP_SHA=$(sha256sum < "$WORK/up.bin" | cut -d' ' -f1)
+command -v ip >/dev/null || die "ip (iproute2) missing"
 
 BLOG=$WORK/vdevd.log
 # shellcheck disable=SC2086
-"$VDEVD" ${VDEVD_ARGS:-} --switch id=sw0 \
+"$VDEVD" ${VDEVD_ARGS:-} --switch "id=sw0,uplink=tap:$TAP" \
     --export "vhost-user-net,id=vmA,socket=$WORK/a.sock,switch=sw0,mac=52:54:00:0a:00:01" \
     --export "vhost-user-net,id=vmB,socket=$WORK/b.sock,switch=sw0,mac=52:54:00:0a:00:02" \
     > "$BLOG" 2>&1 &
 BPID=$!
 for _ in $(seq 100); do [ -S "$WORK/a.sock" ] && [ -S "$WORK/b.sock" ] && break; sleep 0.1; done
 [ -S "$WORK/b.sock" ] || { cat "$BLOG"; die "vdevd did not create its sockets"; }
+# The uplink goes into a namespace of the test's own; nothing else on this machine sees its traffic.
+ip netns add "$NS" || die "ip netns add"
+ip link set "$TAP" netns "$NS" || { cat "$BLOG"; die "tap $TAP not there"; }
+ip -n "$NS" link set lo up
+ip -n "$NS" addr add 169.254.10.100/16 dev "$TAP"
+ip -n "$NS" link set "$TAP" up
+ip netns exec "$NS" socat -u TCP-LISTEN:5002,reuseaddr CREATE:"$WORK/up-in.bin" > "$WORK/ns-listener.out" 2>&1 &
+NSPID=$!
 
 LDSO=$(realpath /lib64/ld-linux-x86-64.so.2)
 LIBPATH=""
@@ -102,6 +118,11 @@ until socat -u FILE:data.bin TCP:169.254.10.2:5001,connect-timeout=5 2>/tmp/err;
     sleep 1
 done
 [ $i -lt 30 ] && ck PASS tcp-send "16 MiB sent to B"
+# The uplink: a namespace on the host behind the switch's tap.
+out=$(ping -c 3 -w 60 169.254.10.100 2>&1 | grep 'packets transmitted')
+case "$out" in *" 0% packet loss"*) ck PASS uplink-ping "$out" ;; *) ck FAIL uplink-ping "$out" ;; esac
+socat -u FILE:up.bin TCP:169.254.10.100:5002,connect-timeout=10 2>/tmp/err && ck PASS uplink-send "4 MiB sent to the namespace" \
+    || ck FAIL uplink-send "$(cat /tmp/err)"
 if [ -z "$FAILS" ]; then echo "GUEST-RESULT: PASS"; else echo "GUEST-RESULT: FAIL$FAILS"; fi
 GUEST
 
@@ -149,6 +170,10 @@ T2=$(date +%s)
 for f in console-a console-b; do
     while read -r _ st name detail; do CHECKS+=("$(printf '%-4s %-24s %s' "$st" "${f#console-}:$name" "$detail")"); done < <(grep -a '^CHECK ' "$WORK/$f.log")
 done
+wait "$NSPID"; NSPID=
+h=$(sha256sum < "$WORK/up-in.bin" 2>/dev/null | cut -d' ' -f1)
+[ "$h" = "$UP_SHA" ] && check PASS h:uplink-data "4 MiB from guest A through the tap intact" \
+    || check FAIL h:uplink-data "sha '$h', $(stat -c %s "$WORK/up-in.bin" 2>/dev/null) bytes"
 kill "$BPID"; wait "$BPID"; brc=$?; BPID=
 [ $brc = 0 ] && check PASS h:vdevd-exit "status 0" || check FAIL h:vdevd-exit "status $brc"
 # The switch's own account: frames both ways through each port, none dropped as spoofed.
@@ -165,6 +190,10 @@ for p in vmA vmB; do
         check FAIL "h:$p-counters" "'$line'"
     fi
 done
+
+line=$(grep "uplink $TAP totals" "$BLOG" | sed 's/.*totals: //')
+echo "$line" | grep -q 'rxFrames=' && echo "$line" | grep -q 'txFrames=' && check PASS h:uplink-counters "$line" \
+    || check FAIL h:uplink-counters "'$line'"
 
 echo
 echo "==== net-e2e summary ($((T2 - T1))s) ===="

@@ -100,6 +100,22 @@ final class NetSpecTests: XCTestCase {
         }
     }
 
+    /// A tap that cannot be opened (an interface that is not a tap) stops the daemon before it serves anything.
+    func testUplinkThatCannotBeOpenedIsReported() throws {
+        guard let bin = NetSpecTests.binary else { throw XCTSkip("vdevd binary not built") }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bin)
+        p.arguments = ["--switch", "id=s,uplink=tap:lo", "--export", "vhost-user-net,id=n0,socket=/tmp/vnet-cli2.sock,switch=s"]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        p.waitUntilExit()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(p.terminationStatus, 1, text)
+        XCTAssertTrue(text.contains("switch 's', key 'uplink': cannot open tap lo"), text)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/tmp/vnet-cli2.sock"), "no export was started")
+    }
+
     static var binary: String? {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         var candidates: [String] = []

@@ -58,7 +58,7 @@ class NetTestCase: XCTestCase {
     /// A switch name no other test uses (the registry is process-wide).
     func makeSwitch(_ tag: String = "sw") -> String {
         let name = "\(tag)\(UInt32.random(in: 0...UInt32.max))"
-        SwitchFactory.make(SwitchSpec(id: name))
+        _ = try? SwitchFactory.make(SwitchSpec(id: name))
         return name
     }
 
