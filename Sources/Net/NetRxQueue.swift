@@ -9,6 +9,9 @@ import Virtio
 /// (num_buffers set, 5.1.6.3.1). A frame with no buffer for it is dropped and counted, never waited for.
 final class NetRxQueue: QueueHandler, FDWatcher {
     let binding: QueueBinding
+    /// The ring, the counters and the switch outlive this handler (the binding and device hold them):
+    /// unowned(unsafe) keeps reference counting off the per-frame path.
+    unowned(unsafe) let vq: SplitVirtqueue
     let endpoint: RxEndpoint
     unowned(unsafe) let port: SwitchPort
     let sw: NetSwitch
@@ -19,7 +22,7 @@ final class NetRxQueue: QueueHandler, FDWatcher {
     let guestTSO4: Bool
     let guestTSO6: Bool
     private let segmenter = TCPSegmenter()
-    let counters: PortCounters
+    unowned(unsafe) let counters: PortCounters
     var stats: QueueStats { binding.stats }
     var inflight: Int { 0 }
 
@@ -31,9 +34,13 @@ final class NetRxQueue: QueueHandler, FDWatcher {
     private let taken: UnsafeMutablePointer<NetFrameRef>
     private let hdr = UnsafeMutableRawPointer.allocate(byteCount: NetHeader.size, alignment: 8)
     private var watchToken: UInt64?
+    /// Frames and bytes delivered in this pass (added to the shared counters once per pass).
+    private var deliveredFrames = 0
+    private var deliveredBytes = 0
 
     init(context: QueueContext, port: SwitchPort, sw: NetSwitch, features: UInt64) throws {
         binding = context.binding
+        vq = context.binding.vq
         poller = context.poller
         self.port = port
         self.sw = sw
@@ -80,9 +87,19 @@ final class NetRxQueue: QueueHandler, FDWatcher {
             // This guest broke its rx ring: its queue stops, and nothing it was sent may hold up the senders.
             while i < n { taken[i].releaseFrame(); i += 1 }
             stopReceiving()
+            countDelivered()
             throw error
         }
+        countDelivered()
         return n > 0
+    }
+
+    private func countDelivered() {
+        guard deliveredFrames > 0 else { return }
+        counters.add(.rxFrames, UInt64(deliveredFrames))
+        counters.add(.rxBytes, UInt64(deliveredBytes))
+        deliveredFrames = 0
+        deliveredBytes = 0
     }
 
     /// A GSO frame goes as it is to a driver that takes it (5.1.6.4: GUEST_TSO4/6), cut into MSS-sized frames
@@ -100,7 +117,6 @@ final class NetRxQueue: QueueHandler, FDWatcher {
     /// Copies one frame into as many rx buffers as it needs (one without MRG_RXBUF).
     @inline(__always)
     private func deliver(_ f: NetFrameRef) throws {
-        let vq = binding.vq
         let total = headerSize + f.pointee.length
         var got = 0, room = 0
         while room < total && got < NetRxQueue.maxChains {
@@ -152,8 +168,8 @@ final class NetRxQueue: QueueHandler, FDWatcher {
             binding.complete(head: heads[i], length: UInt32(n))
             left -= n
         }
-        counters.add(.rxFrames)
-        counters.add(.rxBytes, UInt64(f.pointee.length))
+        deliveredFrames += 1
+        deliveredBytes += f.pointee.length
     }
 
     /// Writes bytes at an offset of the writable space of the first `count` chains taken; returns bytes written.

@@ -7,22 +7,14 @@ public final class NetSwitch {
     public let name: String
     let lock = Lock()
     private var ports: ContiguousArray<SwitchPort?> = []
-    private var table: [UInt64: Entry] = [:]
+    private var table = MACTable(maxEntries: NetSwitch.maxEntries)
     /// A learned address is forgotten after this long without a frame from it (802.1D's default, 300 s).
     public var ageingMicros: UInt64 = 300_000_000
     /// A cap on learned addresses, so a guest sending from random MACs cannot grow the table without bound.
     public static let maxEntries = 4096
 
-    struct Entry {
-        var port: Int
-        var lastSeen: UInt64
-        /// A port's mac=: never ages, never moves.
-        var pinned: Bool
-    }
-
     public init(name: String) {
         self.name = name
-        table.reserveCapacity(NetSwitch.maxEntries)
     }
 
     @inline(__always)
@@ -35,7 +27,8 @@ public final class NetSwitch {
         lock.withLock {
             p.index = ports.firstIndex(where: { $0 == nil }) ?? ports.count
             if p.index == ports.count { ports.append(p) } else { ports[p.index] = p }
-            if let mac { table[NetSwitch.key(mac, vlan: vlan)] = Entry(port: p.index, lastSeen: 0, pinned: true) }
+            // A port's mac=: never ages, never moves.
+            if let mac { table.set(NetSwitch.key(mac, vlan: vlan), port: p.index, lastSeen: 0, pinned: true) }
         }
         return p
     }
@@ -43,7 +36,7 @@ public final class NetSwitch {
     public func removePort(_ p: SwitchPort) {
         lock.withLock {
             guard p.index >= 0, p.index < ports.count, ports[p.index] === p else { return }
-            table = table.filter { $0.value.port != p.index }
+            table.filter { $0.port != p.index }
             ports[p.index] = nil
             p.index = -1
         }
@@ -54,7 +47,7 @@ public final class NetSwitch {
     /// The port an address is known at now (tests and stats).
     public func lookup(_ mac: MACAddress, vlan: UInt16 = 0) -> String? {
         lock.withLock {
-            guard let e = table[NetSwitch.key(mac, vlan: vlan)], e.port < ports.count else { return nil }
+            guard let e = table.find(NetSwitch.key(mac, vlan: vlan)), e.port < ports.count else { return nil }
             return ports[e.port]?.name
         }
     }
@@ -97,20 +90,20 @@ public final class NetSwitch {
                 let f = frames[i]
                 let src = f.pointee.src
                 let srcKey = NetSwitch.key(src, vlan: port.vlan)
-                if let e = table[srcKey] {
+                if let e = table.find(srcKey) {
                     // A port's pinned address belongs to it: another port sending from it is posing.
                     if e.pinned && e.port != port.index {
                         port.counters.add(.dropSpoofed)
                         continue
                     }
                     if !e.pinned && (e.port != port.index || now &- e.lastSeen > 1_000_000) {
-                        table[srcKey] = Entry(port: port.index, lastSeen: now, pinned: false)
+                        table.set(srcKey, port: port.index, lastSeen: now, pinned: false)
                     }
                 } else {
                     learn(srcKey, port: port.index, now: now)
                 }
                 let dst = f.pointee.dst
-                if !dst.isMulticast, let e = table[NetSwitch.key(dst, vlan: port.vlan)],
+                if !dst.isMulticast, let e = table.find(NetSwitch.key(dst, vlan: port.vlan)),
                    e.pinned || now &- e.lastSeen <= ageingMicros, let to = ports[e.port] {
                     if to !== port { deliver(f, to: to, wake: wake) }
                     continue
@@ -127,10 +120,9 @@ public final class NetSwitch {
         if table.count >= NetSwitch.maxEntries {
             // Full: forget what has aged out; if nothing has, this address goes unlearned (its replies flood).
             let age = ageingMicros
-            for (k, e) in table where !e.pinned && now &- e.lastSeen > age { table[k] = nil }
-            guard table.count < NetSwitch.maxEntries else { return }
+            table.filter { $0.pinned || now &- $0.lastSeen <= age }
         }
-        table[key] = Entry(port: port, lastSeen: now, pinned: false)
+        table.set(key, port: port, lastSeen: now, pinned: false)
     }
 
     @inline(__always)

@@ -8,6 +8,8 @@ import Virtio
 /// reference. A chain goes back to the guest once every receiver has copied it; chains go back in order.
 final class NetTxQueue: QueueHandler {
     let binding: QueueBinding
+    /// Outlive this handler (held by the binding and the device): no reference counting per frame.
+    unowned(unsafe) let vq: SplitVirtqueue
     unowned(unsafe) let port: SwitchPort
     let sw: NetSwitch
     let headerSize: Int
@@ -15,7 +17,7 @@ final class NetTxQueue: QueueHandler {
     let maxFrame: Int
     /// Largest frame without GSO: the MTU plus Ethernet header and one VLAN tag.
     let mtuFrame: Int
-    let counters: PortCounters
+    unowned(unsafe) let counters: PortCounters
     var stats: QueueStats { binding.stats }
 
     private let table: NetFrameTable
@@ -29,6 +31,8 @@ final class NetTxQueue: QueueHandler {
     private let batch: UnsafeMutablePointer<NetFrameRef>
     private let scratch = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
     private let wake = WakeList()
+    /// Bytes of the frames in this pass's batch (counted once per batch: the counters are shared atomics).
+    private var batchBytes = 0
     static let batchSize = 32
 
     /// Largest frame without segmentation offload: MTU plus Ethernet header and one VLAN tag.
@@ -39,6 +43,7 @@ final class NetTxQueue: QueueHandler {
 
     init(binding: QueueBinding, port: SwitchPort, sw: NetSwitch, features: UInt64, mtu: Int) {
         self.binding = binding
+        vq = binding.vq
         self.port = port
         self.sw = sw
         self.features = features
@@ -71,7 +76,6 @@ final class NetTxQueue: QueueHandler {
 
     func process() throws -> Bool {
         var did = retire()
-        let vq = binding.vq
         let size = Int(vq.size)
         var n = 0
         var broken: Error?
@@ -95,6 +99,9 @@ final class NetTxQueue: QueueHandler {
             broken = error
         }
         if n > 0 {
+            counters.add(.txFrames, UInt64(n))
+            counters.add(.txBytes, UInt64(batchBytes))
+            batchBytes = 0
             sw.forward(batch, count: n, from: port, now: monotonicMicros(), wake: wake)
             for i in 0..<n { batch[i].releaseFrame() }
             wake.ring()
@@ -136,11 +143,21 @@ final class NetTxQueue: QueueHandler {
             counters.add(.dropOversized)
             return false
         }
-        guard segs.copyReadable(offset: 0, into: scratch, length: headerSize) else {
-            counters.add(.dropBadHeader)
-            return false
+        // Header and Ethernet addresses straight from the first buffer when it holds them (the usual layout),
+        // else gathered into scratch.
+        let peek = min(length, 38)
+        let first = segs.iov[0]
+        let base: UnsafeRawPointer
+        if first.iov_len >= headerSize + peek {
+            base = UnsafeRawPointer(first.iov_base!)
+        } else {
+            guard segs.copyReadable(offset: 0, into: scratch, length: headerSize + peek) else {
+                counters.add(.dropBadHeader)
+                return false
+            }
+            base = UnsafeRawPointer(scratch)
         }
-        var h = NetHeader(from: scratch, size: headerSize)
+        var h = NetHeader(from: base, size: headerSize)
         h.numBuffers = 0
         guard validate(h, length: length) else {
             counters.add(.dropBadHeader)
@@ -151,15 +168,14 @@ final class NetTxQueue: QueueHandler {
             return false
         }
         // Ethernet header and, for IPv4, the addresses and ports that pick the receiver's queue.
-        let peek = min(length, 38)
-        guard segs.copyReadable(offset: headerSize, into: scratch, length: peek),
-              let k = segs.slice(writable: false, offset: headerSize, length: length, into: f.pointee.iov,
+        guard let k = segs.slice(writable: false, offset: headerSize, length: length, into: f.pointee.iov,
                                  outCapacity: NetFrame.maxSegments) else {
             counters.add(.dropBadHeader)
             return false
         }
-        let dst = MACAddress(at: scratch), src = MACAddress(at: scratch + 6)
-        let etherType = UInt16(scratch.load(fromByteOffset: 12, as: UInt8.self)) << 8 | UInt16(scratch.load(fromByteOffset: 13, as: UInt8.self))
+        let eth = base + headerSize
+        let dst = MACAddress(at: eth), src = MACAddress(at: eth + 6)
+        let etherType = UInt16(eth.load(fromByteOffset: 12, as: UInt8.self)) << 8 | UInt16(eth.load(fromByteOffset: 13, as: UInt8.self))
         if src.isMulticast || src.value == 0 {
             counters.add(.dropBadSource)
             return false
@@ -175,8 +191,8 @@ final class NetTxQueue: QueueHandler {
         }
         var hash = UInt32(truncatingIfNeeded: dst.value ^ src.value ^ (dst.value >> 32) ^ (src.value >> 32))
         if etherType == 0x0800 && peek >= 38 {
-            hash ^= scratch.loadUnaligned(fromByteOffset: 26, as: UInt32.self) ^ scratch.loadUnaligned(fromByteOffset: 30, as: UInt32.self)
-            hash ^= scratch.loadUnaligned(fromByteOffset: 34, as: UInt32.self)
+            hash ^= eth.loadUnaligned(fromByteOffset: 26, as: UInt32.self) ^ eth.loadUnaligned(fromByteOffset: 30, as: UInt32.self)
+            hash ^= eth.loadUnaligned(fromByteOffset: 34, as: UInt32.self)
         }
         f.pointee.iovCount = k
         f.pointee.length = length
@@ -188,8 +204,7 @@ final class NetTxQueue: QueueHandler {
         hash = hash &* 0x45d9_f3b
         hash ^= hash >> 16
         f.pointee.flowHash = hash
-        counters.add(.txFrames)
-        counters.add(.txBytes, UInt64(length))
+        batchBytes += length
         return true
     }
 
