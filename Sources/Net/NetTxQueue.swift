@@ -21,6 +21,8 @@ final class NetTxQueue: QueueHandler {
     var stats: QueueStats { binding.stats }
 
     private let table: NetFrameTable
+    /// table.frames, kept here so the per-frame path does not touch (and reference-count) the table object.
+    private let frames: UnsafeMutablePointer<NetFrame>
     /// Heads whose frame is in the switch (a guest offering one again is breaking the ring).
     private let busy: UnsafeMutablePointer<Bool>
     /// Heads in the order they were taken; completed from the front.
@@ -53,6 +55,7 @@ final class NetTxQueue: QueueHandler {
         counters = port.counters
         let n = Int(binding.vq.size)
         table = NetFrameTable(count: n)
+        frames = table.frames
         busy = .allocate(capacity: n)
         busy.initialize(repeating: false, count: n)
         order = .allocate(capacity: n)
@@ -83,7 +86,7 @@ final class NetTxQueue: QueueHandler {
             while n < NetTxQueue.batchSize, let head = try vq.popHead() {
                 guard !busy[Int(head)] else { throw NetError.headInFlight(head) }
                 try vq.readChain(head: head, into: &segs)
-                let f = table.frames + Int(head)
+                let f = frames + Int(head)
                 busy[Int(head)] = true
                 order[(orderStart + orderCount) % size] = head
                 orderCount += 1
@@ -117,7 +120,7 @@ final class NetTxQueue: QueueHandler {
         var did = false
         while orderCount > 0 {
             let head = order[orderStart]
-            guard !(table.frames + Int(head)).frameInUse else { break }
+            guard !(frames + Int(head)).frameInUse else { break }
             busy[Int(head)] = false
             binding.complete(head: head, length: 0)
             orderStart = (orderStart + 1) % size
