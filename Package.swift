@@ -30,9 +30,10 @@ let package = Package(
         .target(name: "Virtio", dependencies: ["CVdevd"], path: "Sources/Virtio", swiftSettings: dataPath),
         .target(name: "Blk", dependencies: ["Virtio", "CVdevd"], path: "Sources/Blk", swiftSettings: dataPath),
         .target(name: "Vsock", dependencies: ["Virtio", "CVdevd"], path: "Sources/Vsock", swiftSettings: dataPath),
+        .target(name: "Net", dependencies: ["Virtio", "CVdevd"], path: "Sources/Net", swiftSettings: dataPath),
         .target(
             name: "Exports",
-            dependencies: ["Virtio", "Blk", "Vsock", "CVdevd", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Virtio", "Blk", "Vsock", "Net", "CVdevd", .product(name: "Logging", package: "swift-log")],
             path: "Sources/Exports"
         ),
         // The daemon as a host service: config file, the running set of exports, management socket, metrics.
@@ -49,7 +50,7 @@ let package = Package(
         .executableTarget(
             name: "DeviceDaemon",
             dependencies: [
-                "Service", "Exports", "Blk", "Virtio", "CVdevd",
+                "Service", "Exports", "Blk", "Net", "Virtio", "CVdevd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -82,6 +83,12 @@ let package = Package(
             dependencies: ["Exports", "Vsock", "Virtio", "VhostUserTestSupport", "CVdevd",
                            .product(name: "Logging", package: "swift-log")],
             path: "Tests/VsockTests"
+        ),
+        .testTarget(
+            name: "NetTests",
+            dependencies: ["Exports", "Net", "Virtio", "VhostUserTestSupport", "CVdevd",
+                           .product(name: "Logging", package: "swift-log")],
+            path: "Tests/NetTests"
         ),
         .testTarget(
             name: "ExportsTests",

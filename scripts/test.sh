@@ -26,5 +26,7 @@ echo "== e2e: vhost-user-blk, vdevd killed and restarted under the guest's verif
 Tests/E2E/blk-restart-e2e.sh
 echo "== e2e: vhost-user-vsock, two guests"
 Tests/E2E/vsock-e2e.sh
+echo "== e2e: vhost-user-net, two guests on one switch"
+Tests/E2E/net-e2e.sh
 
-echo "test.sh: $((UNIT + 5)) passed, 0 failed"
+echo "test.sh: $((UNIT + 6)) passed, 0 failed"

@@ -5,6 +5,7 @@ import ArgumentParser
 import CVdevd
 import Exports
 import Logging
+import Net
 import Service
 import Virtio
 
@@ -43,6 +44,9 @@ struct VdevdCommand: ParsableCommand {
 
     @Option(name: .customLong("export"), help: ArgumentHelp("An export: TYPE,key=value,... (repeatable).", valueName: "spec"))
     var exports: [String] = []
+
+    @Option(name: .customLong("switch"), help: ArgumentHelp("A switch for net exports: id=NAME[,uplink=tap:IFNAME] (repeatable).", valueName: "spec"))
+    var switches: [String] = []
 
     @Option(help: ArgumentHelp("Number of poller threads serving all queues (default 1).", valueName: "n"))
     var pollers: String?
@@ -96,6 +100,7 @@ struct VdevdCommand: ParsableCommand {
         }
         let settings = fileConfig.daemon.overridden(by: flagSettings())
         var entries: [ExportEntry] = []
+        var switchSpecs: [SwitchSpec] = []
         do {
             for (i, e) in exports.enumerated() {
                 do { entries.append(ExportEntry(spec: try ExportSpec.parse(e), origin: .commandLine(i + 1))) } catch let err as ExportSpecError {
@@ -104,6 +109,8 @@ struct VdevdCommand: ParsableCommand {
             }
             entries += fileConfig.exports
             try ExportEntry.validate(entries)
+            for s in switches { switchSpecs.append(try SwitchSpec.parse(s)) }
+            try SwitchSpec.validate(switchSpecs, exports: entries.map(\.spec))
             let pollerCount = settings.pollers ?? 1
             for e in entries where e.spec.poller != nil && e.spec.poller! >= pollerCount {
                 throw EntryError(entry: e, key: "poller", message: "no poller \(e.spec.poller!) (there are \(pollerCount))")
@@ -150,12 +157,32 @@ struct VdevdCommand: ParsableCommand {
         if !group.workers.cpus.isEmpty {
             logger.info("io_uring workers run on CPUs \(group.workers.cpus.map(String.init).joined(separator: ",")), at most \(settings.ioWorkers ?? IOWorkers.defaultMaxBounded) per poller")
         }
+        var uplinks: [TapUplink] = []
+        for s in switchSpecs {
+            do {
+                if let u = try SwitchFactory.make(s).1 {
+                    uplinks.append(u)
+                    logger.info("switch \(s.id): uplink tap \(u.tap.name)")
+                }
+            } catch {
+                logger.critical("\(error)")
+                for u in uplinks { u.stop() }
+                group.stopAll()
+                throw ExitCode(1)
+            }
+        }
         let daemon = Daemon(pollers: group, logger: logger)
         var management: ManagementServer?
         var metricsListener: MetricsListener?
         func shutdown() {
             management?.stop()
             metricsListener?.stop()
+            // Uplinks first, while the pollers still run: a frame an uplink handed to a port is released there.
+            for u in uplinks {
+                u.stop()
+                let c = u.port.counters
+                logger.info("uplink \(u.tap.name) totals: \(PortCounters.Counter.allCases.filter { c.get($0) != 0 }.map { "\($0)=\(c.get($0))" }.joined(separator: " "))")
+            }
             daemon.stopAll()
         }
         do {

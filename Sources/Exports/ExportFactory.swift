@@ -53,6 +53,8 @@ public enum ExportFactory {
                 unlink(o.udsPath)
             }
             return export
+        case .vhostUserNet:
+            return try NetExportFactory.make(spec, pollers: pollers, logger: logger)
         }
     }
 }

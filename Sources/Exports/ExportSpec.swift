@@ -1,4 +1,5 @@
 import Blk
+import Net
 import Vsock
 
 /// An export as the operator wrote it: `TYPE,key=value,...` (a literal comma in a value is written `,,`,
@@ -7,6 +8,7 @@ public struct ExportSpec: Equatable {
     public enum Kind: String, CaseIterable {
         case vhostUserBlk = "vhost-user-blk"
         case vhostUserVsock = "vhost-user-vsock"
+        case vhostUserNet = "vhost-user-net"
     }
 
     public struct Key {
@@ -62,6 +64,7 @@ public struct ExportSpec: Equatable {
             Key(name: "queue-size", help: "largest virtqueue, 64-32768 (default 256)", required: false),
             Key(name: "poller", help: "poller index (default: its group's)", required: false),
         ] + socketKeys,
+        .vhostUserNet: NetExportSpec.keys + socketKeys,
     ]
 
     public var kind: Kind
@@ -70,6 +73,8 @@ public struct ExportSpec: Equatable {
     public var blk: BlkOptions
     /// Options of a vhost-user-vsock export.
     public var vsock: VsockOptions?
+    /// Options of a vhost-user-net export.
+    public var net: NetOptions?
     public var socket: String
     /// Who may connect: applied before the socket accepts anything (see `UnixListener`).
     public var socketMode: UInt32 = SocketAccess.defaultMode
@@ -159,6 +164,7 @@ public struct ExportSpec: Equatable {
         switch kind {
         case .vhostUserBlk: spec = try parseBlk(id: id!, values: values, v)
         case .vhostUserVsock: spec = try parseVsock(id: id!, values: values, v)
+        case .vhostUserNet: spec = try NetExportSpec.parse(id: id!, values: values, v)
         }
         if let m = values["socket-mode"] {
             guard let mode = UInt32(m, radix: 8), mode <= 0o777 else {

@@ -148,9 +148,9 @@ final class CLITests: XCTestCase {
 
     func testUnknownTypeExitsTwo() throws {
         let img = try image()
-        let r = try run(["--export", "vhost-user-net,id=n0,path=\(img),socket=\(path("n.sock"))"])
+        let r = try run(["--export", "vhost-user-gpu,id=n0,path=\(img),socket=\(path("n.sock"))"])
         XCTAssertEqual(r.status, 2)
-        XCTAssertTrue(r.stderr.contains("vhost-user-net"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("vhost-user-gpu"), r.stderr)
         XCTAssertTrue(r.stderr.contains("vhost-user-blk"), r.stderr)  // lists the known types
     }
 

@@ -172,3 +172,16 @@ int32_t vdv_thread_id(void);
 void vdv_set_thread_name(const char *name);
 
 #endif
+
+/* ---- net (switch refcounts and counters shared between pollers; tap uplink) ---- */
+static inline uint32_t vdv_fetch_add_u32(void *p, uint32_t v) { return __atomic_fetch_add((uint32_t *)p, v, __ATOMIC_ACQ_REL); }
+static inline uint32_t vdv_fetch_sub_u32(void *p, uint32_t v) { return __atomic_fetch_sub((uint32_t *)p, v, __ATOMIC_ACQ_REL); }
+static inline uint32_t vdv_load_acquire_u32(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE); }
+static inline void vdv_store_release_u32(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE); }
+static inline void vdv_add_relaxed_u64(void *p, uint64_t v) { __atomic_fetch_add((uint64_t *)p, v, __ATOMIC_RELAXED); }
+static inline uint8_t vdv_exchange_u8(void *p, uint8_t v) { return __atomic_exchange_n((uint8_t *)p, v, __ATOMIC_SEQ_CST); }
+/* Opens /dev/net/tun as IFF_TAP | IFF_NO_PI | IFF_VNET_HDR named `name`, non-blocking, 12-byte vnet header.
+   Returns the fd or -errno. */
+int32_t vdv_tap_open(const char *name);
+/* TUNSETOFFLOAD with TUN_F_* flags; 0 or -errno. */
+int32_t vdv_tap_set_offload(int32_t fd, uint32_t flags);

@@ -47,10 +47,11 @@ final class VhostUserSession {
         | VhostUserProtocolFeature.configureMemSlots | VhostUserProtocolFeature.resetDevice
         | VhostUserProtocolFeature.status
     /// The protocol features offered to this device's frontend: in-flight tracking only where requests can be
-    /// resubmitted.
+    /// resubmitted, dirty logging where the device logs its writes, RARP where it can announce a migrated guest (net).
     var offeredProtocolFeatures: UInt64 {
         Self.supportedProtocolFeatures | (device.resubmitsInflight ? VhostUserProtocolFeature.inflightSHMFD : 0)
             | (device.logsDirtyPages ? VhostUserProtocolFeature.logSHMFD : 0)
+            | (device is MigrationAnnouncer ? VhostUserProtocolFeature.rarp : 0)
     }
     /// The device's features, LOG_ALL where it can be live-migrated, and vhost-user's own bit.
     var offeredFeatures: UInt64 {
@@ -143,7 +144,9 @@ final class VhostUserSession {
             }
             if vrings.contains(where: { $0.running != nil }) {
                 // Rings latch features (EVENT_IDX, INDIRECT) when they start; only LOG_ALL may change under them
-                // (a live migration starting or ending).
+                // (a live migration starting or ending). QEMU's vhost-user-net sends the same features again for
+                // each queue pair it starts.
+                if f == features { break }
                 guard (f ^ features) & ~VirtioFeature.logAll == 0 else {
                     throw VhostUserError.rejected("SET_FEATURES while rings are running")
                 }
@@ -274,6 +277,12 @@ final class VhostUserSession {
             try setLogBase(m, r)
         case .setBackendReqFD, .setLogFD, .setInflightFD:
             throw VhostUserError.rejected("\(m.request) needs a protocol feature this backend does not offer")
+        case .sendRARP where protocolFeatures & VhostUserProtocolFeature.rarp != 0:
+            // vhost-user.rst: the payload's first 6 bytes are the guest's MAC.
+            try expectPayload(m, 8)
+            guard let a = device as? MigrationAnnouncer, a.announce(mac: Array(m.payload.prefix(6))) else {
+                throw VhostUserError.rejected("SEND_RARP for a MAC this device does not own")
+            }
         case .setLogBase, .getInflightFD, .iotlbMsg, .sendRARP, .netSetMTU, .vringKick:
             throw VhostUserError.malformed("\(m.request) needs a feature this backend does not offer")
         default:

@@ -1,0 +1,72 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CVdevd
+
+/// A frame inside the switch: where its bytes are (the sender's guest memory or an uplink buffer), its offload
+/// header, and how many receivers still have to copy it. The sender owns it and may reuse it once `refs` is 0;
+/// a receiver holds it only from taking it off its backlog to releasing it, so one copy moves it guest to guest.
+public struct NetFrame {
+    public var iov: UnsafeMutablePointer<iovec>
+    public var iovCount: Int = 0
+    /// Frame bytes (Ethernet header onwards, no virtio_net_hdr).
+    public var length: Int = 0
+    public var header = NetHeader()
+    public var dst = MACAddress(value: 0)
+    public var src = MACAddress(value: 0)
+    /// Picks one of the receiving port's rx queues, so one flow stays in order on one queue.
+    public var flowHash: UInt32 = 0
+    /// Sender's hold plus one per receiver backlog holding it; atomic.
+    var refs: UInt32 = 0
+
+    public static let maxSegments = 64
+    static let refsOffset = MemoryLayout<NetFrame>.offset(of: \NetFrame.refs)!
+}
+
+public typealias NetFrameRef = UnsafeMutablePointer<NetFrame>
+
+extension UnsafeMutablePointer where Pointee == NetFrame {
+    @inline(__always) var refsPointer: UnsafeMutableRawPointer { UnsafeMutableRawPointer(self) + NetFrame.refsOffset }
+    @inline(__always) func retainFrame() { _ = vdv_fetch_add_u32(refsPointer, 1) }
+    /// A receiver (or the sender) is done with the frame's bytes.
+    @inline(__always) func releaseFrame() { _ = vdv_fetch_sub_u32(refsPointer, 1) }
+    @inline(__always) var frameInUse: Bool { vdv_load_acquire_u32(refsPointer) != 0 }
+    @inline(__always) func holdBySender() { vdv_store_release_u32(refsPointer, 1) }
+}
+
+/// Preallocated frames, one per descriptor head of a tx queue (or per uplink buffer), each with its iovecs.
+final class NetFrameTable {
+    let frames: UnsafeMutablePointer<NetFrame>
+    let count: Int
+    private let iovStorage: UnsafeMutablePointer<iovec>
+
+    init(count: Int) {
+        self.count = count
+        iovStorage = .allocate(capacity: count * NetFrame.maxSegments)
+        frames = .allocate(capacity: count)
+        for i in 0..<count { (frames + i).initialize(to: NetFrame(iov: iovStorage + i * NetFrame.maxSegments)) }
+    }
+
+    deinit {
+        frames.deinitialize(count: count)
+        frames.deallocate()
+        iovStorage.deallocate()
+    }
+}
+
+/// Reads frame bytes [offset, offset+length) into dst; returns how many were there.
+@inline(__always)
+func copyFromFrame(_ f: NetFrameRef, offset: Int, into dst: UnsafeMutableRawPointer, length: Int) -> Int {
+    var skip = offset, done = 0, i = 0
+    while i < f.pointee.iovCount && done < length {
+        let seg = f.pointee.iov[i]
+        if skip >= seg.iov_len { skip -= seg.iov_len } else {
+            let n = min(seg.iov_len - skip, length - done)
+            (dst + done).copyMemory(from: seg.iov_base! + skip, byteCount: n)
+            done += n
+            skip = 0
+        }
+        i += 1
+    }
+    return done
+}

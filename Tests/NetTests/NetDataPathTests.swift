@@ -1,0 +1,181 @@
+import Net
+import VhostUserTestSupport
+import XCTest
+
+/// Mergeable rx buffers, checksum offload, multiqueue.
+final class NetDataPathTests: NetTestCase {
+    func testOfferedFeatures() {
+        let want: UInt64 = 1 << 32 | 1 << 29 | 1 << 28 | 1 << 15 | 1 << 0 | 1 << 1 | 1 << 22 | 1 << 7 | 1 << 8 | 1 << 11 | 1 << 12
+        XCTAssertEqual(NetDevice.features, want,
+                       "VERSION_1 EVENT_IDX INDIRECT MRG_RXBUF CSUM GUEST_CSUM MQ GUEST_TSO4/6 HOST_TSO4/6, nothing else")
+    }
+
+    func testMergeableBuffersReassemble() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a), gb = try guest(b, features: NetTestDriver.fMrgRxbuf)
+        gb.postRx(32, size: 256)
+        let frame = TestFrame.ethernet(dst: mac(2), src: mac(1), type: 0x88b5, payload: pattern(1400, seed: 20))
+        ga.send(frame)
+        let got = try XCTUnwrap(gb.receive())
+        XCTAssertEqual(got.buffers, 6, "12 + 1414 bytes in 256-byte buffers")
+        XCTAssertEqual(got.header.numBuffers, 6)
+        XCTAssertEqual(got.frame, frame)
+        // A second frame starts in the next buffer.
+        let small = TestFrame.ethernet(dst: mac(2), src: mac(1), type: 0x88b5, payload: pattern(100, seed: 21))
+        ga.send(small)
+        let got2 = try XCTUnwrap(gb.receive())
+        XCTAssertEqual(got2.header.numBuffers, 1)
+        XCTAssertEqual(got2.frame, small)
+    }
+
+    func testWithoutMergeableAFrameLargerThanTheBufferIsDroppedAndCounted() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a), gb = try guest(b, features: 0)
+        gb.postRx(1, size: 256)
+        let big = TestFrame.ethernet(dst: mac(2), src: mac(1), type: 0x88b5, payload: pattern(1000, seed: 22))
+        ga.send(big)
+        XCTAssertTrue(ga.waitTxDone())
+        XCTAssertTrue(eventually { b.counter(.dropRxTooSmall) == 1 })
+        // The small buffer was put back and takes the next frame that fits.
+        let small = TestFrame.ethernet(dst: mac(2), src: mac(1), type: 0x88b5, payload: pattern(200, seed: 23))
+        ga.send(small)
+        let got = try XCTUnwrap(gb.receive())
+        XCTAssertEqual(got.frame, small)
+        XCTAssertEqual(got.header.numBuffers, 1)
+    }
+
+    func testPartialChecksumIsCompletedForAReceiverWithoutGuestCsum() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum)
+        let gb = try guest(b, features: NetTestDriver.fMrgRxbuf)
+        gb.postRx(8, size: 256)
+        // An odd payload length, over several rx buffers, with the sender's header and frame in separate buffers.
+        let frame = TestFrame.udpPartial(dst: mac(2), src: mac(1), payload: pattern(777, seed: 24))
+        XCTAssertFalse(TestFrame.udpChecksumValid(frame), "the driver left it partial")
+        ga.send(frame, header: .init(flags: 1, csumStart: 34, csumOffset: 6), split: true)
+        let got = try XCTUnwrap(gb.receive())
+        XCTAssertEqual(got.header.flags, 0)
+        XCTAssertTrue(TestFrame.udpChecksumValid(got.frame), "completed in software")
+        XCTAssertEqual(Array(got.frame[0..<40]), Array(frame[0..<40]))
+        XCTAssertEqual(Array(got.frame[42...]), Array(frame[42...]), "only the checksum field changed")
+    }
+
+    func testPartialChecksumIsPassedToAReceiverWithGuestCsum() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum)
+        let gb = try guest(b, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fGuestCsum)
+        gb.postRx(8)
+        let frame = TestFrame.udpPartial(dst: mac(2), src: mac(1), payload: pattern(500, seed: 25))
+        ga.send(frame, header: .init(flags: 1, csumStart: 34, csumOffset: 6))
+        let got = try XCTUnwrap(gb.receive())
+        XCTAssertEqual(got.header.flags, 1, "NEEDS_CSUM passed on")
+        XCTAssertEqual(got.header.csumStart, 34)
+        XCTAssertEqual(got.header.csumOffset, 6)
+        XCTAssertEqual(got.frame, frame, "bytes untouched")
+    }
+
+    func testMultiqueueSpreadsFlowsAndFollowsVringEnable() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw)
+        let b = try serve("b", switch: sw, options: "num-queues=2")
+        let ga = try guest(a)
+        let gb = try guest(b, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fMQ, pairs: 2)
+        gb.postRx(64, pair: 0)
+        gb.postRx(64, pair: 1)
+        // 32 flows (UDP source ports), 2 frames each.
+        var sent: [[UInt8]] = []
+        for i in 0..<64 {
+            var f = TestFrame.udpPartial(dst: mac(2), src: mac(1), payload: pattern(40, seed: UInt64(i)))
+            f[35] = UInt8(i % 32)
+            sent.append(f)
+            ga.send(f)
+        }
+        XCTAssertTrue(ga.waitTxDone())
+        XCTAssertTrue(eventually { b.counter(.rxFrames) == 64 })
+        var perQueue = [0, 0]
+        var got: [[UInt8]] = []
+        for q in 0..<2 {
+            while perQueue[0] + perQueue[1] < 64, let r = gb.receive(pair: q, timeout: 0.2) {
+                perQueue[q] += 1
+                got.append(r.frame)
+            }
+        }
+        XCTAssertEqual(perQueue[0] + perQueue[1], 64)
+        XCTAssertGreaterThan(perQueue[0], 0, "\(perQueue)")
+        XCTAssertGreaterThan(perQueue[1], 0, "\(perQueue)")
+        XCTAssertEqual(Set(got), Set(sent))
+        // The guest turns pair 1 off (SET_VRING_ENABLE 0 on its rx ring): every flow lands on rx 0.
+        try gb.frontend.command(.setVringEnable, payload: gb.frontend.vringState(2, 0))
+        for i in 0..<16 {
+            var f = TestFrame.udpPartial(dst: mac(2), src: mac(1), payload: pattern(40, seed: UInt64(100 + i)))
+            f[35] = UInt8(i)
+            ga.send(f)
+            XCTAssertEqual(gb.receive(pair: 0)?.frame, f)
+        }
+    }
+}
+
+/// TSO: a GSO frame reaches a driver with GUEST_TSO4 whole, and is cut into MSS segments for one without.
+final class NetSegmentationTests: NetTestCase {
+    func testTSOFrameIsPassedWholeToAReceiverWithGuestTSO() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum | NetTestDriver.fHostTSO4)
+        let gb = try guest(b, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fGuestCsum | NetTestDriver.fGuestTSO4)
+        gb.postRx(64, size: 1536)
+        let frame = TestFrame.tcpPartial(dst: mac(2), src: mac(1), seq: 1000, flags: 0x18, payload: pattern(20000, seed: 50))
+        ga.send(frame, header: .init(flags: 1, gsoType: 1, hdrLen: 54, gsoSize: 1448, csumStart: 34, csumOffset: 16))
+        let got = try XCTUnwrap(gb.receive())
+        XCTAssertEqual(got.frame, frame)
+        XCTAssertEqual(got.header.gsoType, 1)
+        XCTAssertEqual(got.header.gsoSize, 1448)
+        XCTAssertEqual(got.header.hdrLen, 54)
+        XCTAssertEqual(got.header.flags, 1)
+        XCTAssertEqual(got.header.csumStart, 34)
+        XCTAssertEqual(got.header.csumOffset, 16)
+        XCTAssertEqual(Int(got.header.numBuffers), got.buffers)
+        XCTAssertEqual(b.counter(.segmented), 0)
+    }
+
+    func testTSOFrameIsSegmentedForAReceiverWithout() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum | NetTestDriver.fHostTSO4)
+        let gb = try guest(b, features: NetTestDriver.fMrgRxbuf)
+        gb.postRx(64)
+        let payload = pattern(3500, seed: 51)
+        let frame = TestFrame.tcpPartial(dst: mac(2), src: mac(1), seq: 0xffff_fc00, flags: 0x19, payload: payload)
+        ga.send(frame, header: .init(flags: 1, gsoType: 1, hdrLen: 54, gsoSize: 1000, csumStart: 34, csumOffset: 16), split: true)
+        var joined: [UInt8] = []
+        for i in 0..<4 {
+            let got = try XCTUnwrap(gb.receive(), "segment \(i)")
+            let f = got.frame
+            XCTAssertEqual(got.header.gsoType, 0)
+            XCTAssertEqual(got.header.flags, 0)
+            XCTAssertEqual(f.count, 54 + (i < 3 ? 1000 : 500))
+            XCTAssertTrue(TestFrame.tcpChecksumsValid(f), "segment \(i): IP and TCP checksums complete")
+            let seq = UInt32(f[38]) << 24 | UInt32(f[39]) << 16 | UInt32(f[40]) << 8 | UInt32(f[41])
+            XCTAssertEqual(seq, 0xffff_fc00 &+ UInt32(1000 * i), "sequence numbers advance (and wrap)")
+            XCTAssertEqual(f[47], i < 3 ? 0x10 : 0x19, "FIN and PSH on the last segment only")
+            XCTAssertEqual(Int(f[18]) << 8 | Int(f[19]), 0x1234 + i, "IPv4 ids advance")
+            XCTAssertEqual(Array(f[0..<14]), Array(frame[0..<14]))
+            joined += f[54...]
+        }
+        XCTAssertEqual(joined, payload)
+        XCTAssertEqual(b.counter(.segmented), 1)
+        XCTAssertEqual(b.counter(.rxFrames), 4)
+    }
+
+    func testNonGSOFrameOverTheMTUIsOversizedEvenWithTSO() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum | NetTestDriver.fHostTSO4)
+        ga.send(TestFrame.ethernet(dst: mac(2), src: mac(1), type: 0x88b5, payload: pattern(3000, seed: 52)))
+        XCTAssertTrue(ga.waitTxDone())
+        XCTAssertEqual(a.counter(.dropOversized), 1)
+    }
+}
