@@ -110,6 +110,7 @@ struct VdevdCommand: ParsableCommand {
             entries += fileConfig.exports
             try ExportEntry.validate(entries)
             for s in switches { switchSpecs.append(try SwitchSpec.parse(s)) }
+            switchSpecs += fileConfig.switches
             try SwitchSpec.validate(switchSpecs, exports: entries.map(\.spec))
             let pollerCount = settings.pollers ?? 1
             for e in entries where e.spec.poller != nil && e.spec.poller! >= pollerCount {

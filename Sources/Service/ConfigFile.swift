@@ -8,6 +8,8 @@ import TOMLKit
 public struct ConfigFile: Equatable {
     public var daemon = DaemonSettings()
     public var exports: [ExportEntry] = []
+    /// `[[switch]]` tables: the switches net exports plug into (`id`, `uplink`), as `--switch` gives them.
+    public var switches: [SwitchSpec] = []
 
     public init() {}
 
@@ -43,9 +45,15 @@ public struct ConfigFile: Equatable {
                 for i in 0..<a.count {
                     config.exports.append(try export(a[i], index: i, file: file, lines: lines))
                 }
+            case "switch":
+                guard let a = value.array else {
+                    throw ConfigError(file: file, line: lines.line(table: "", key: key), table: nil, key: key,
+                                      message: "expected [[switch]] tables")
+                }
+                for i in 0..<a.count { config.switches.append(try switchSpec(a[i], index: i, file: file, lines: lines)) }
             default:
                 throw ConfigError(file: file, line: lines.line(table: key) ?? lines.line(table: "", key: key), table: nil,
-                                  key: key, message: "unknown table (known: [daemon], [[export]])")
+                                  key: key, message: "unknown table (known: [daemon], [[export]], [[switch]])")
             }
         }
         return config
@@ -102,6 +110,27 @@ public struct ConfigFile: Equatable {
             return ExportEntry(spec: spec, origin: .file(file, line: header, index: index + 1))
         } catch let e as ExportSpecError {
             throw fail(e.key ?? (e.message.hasPrefix("unknown export type") ? "type" : nil), e.message)
+        }
+    }
+
+    /// One `[[switch]]` table, parsed by the same code as `--switch`.
+    private static func switchSpec(_ value: TOMLValueConvertible, index: Int, file: String, lines: TOMLLineIndex) throws -> SwitchSpec {
+        let header = lines.line(table: "switch", index: index) ?? lines.line(table: "", key: "switch")
+        guard let t = value.table else {
+            throw ConfigError(file: file, line: header, table: "[[switch]] #\(index + 1)", key: nil, message: "expected a table")
+        }
+        let tableName = "[[switch]] #\(index + 1)" + (t["id"]?.string.map { " '\($0)'" } ?? "")
+        func fail(_ key: String?, _ m: String) -> ConfigError {
+            ConfigError(file: file, line: lines.line(table: "switch", index: index, key: key) ?? header, table: tableName, key: key, message: m)
+        }
+        var parts: [String] = []
+        for key in t.keys {
+            let text: String
+            do { text = try scalarText(t[key]!, octal: false) } catch let m as ValueTypeError { throw fail(key, m.message) }
+            parts.append("\(key)=\(text.replacingOccurrences(of: ",", with: ",,"))")
+        }
+        do { return try SwitchSpec.parse(parts.joined(separator: ",")) } catch let e as SwitchSpecError {
+            throw fail(e.key, e.message)
         }
     }
 

@@ -110,7 +110,11 @@ final class ConfigFileTests: XCTestCase {
             (export + "num-queues = 1.5\n",
              "f.toml:6: [[export]] #1 'd0', key 'num-queues': expected a string, an integer or a boolean, got a floating-point number"),
             ("[deamon]\npollers = 2\n",
-             "f.toml:1: key 'deamon': unknown table (known: [daemon], [[export]])"),
+             "f.toml:1: key 'deamon': unknown table (known: [daemon], [[export]], [[switch]])"),
+            ("[[switch]]\nid = \"sw0\"\nuplink = \"eth0\"\n",
+             "f.toml:3: [[switch]] #1 'sw0', key 'uplink': expected tap:IFNAME (1-15 characters), got 'eth0'"),
+            ("[[switch]]\nid = \"sw0\"\nports = 4\n",
+             "f.toml:3: [[switch]] #1 'sw0', key 'ports': unknown key (known: id, uplink)"),
             ("daemon = 3\n",
              "f.toml:1: key 'daemon': expected a [daemon] table"),
             ("[daemon]\npollers = \n",
@@ -125,6 +129,28 @@ final class ConfigFileTests: XCTestCase {
             }
             XCTAssertEqual(got, expected, text)
         }
+    }
+
+    /// Switches for net exports, as `--switch` gives them.
+    func testSwitchTablesAndTheNetExportsOnThem() throws {
+        let c = try ConfigFile.parse("""
+        [[switch]]
+        id = "sw0"
+        uplink = "tap:vdtap0"
+
+        [[switch]]
+        id = "sw1"
+
+        [[export]]
+        type = "vhost-user-net"
+        id = "nic0"
+        socket = "/run/nic0.sock"
+        switch = "sw1"
+        mac = "52:54:00:00:00:01"
+        """, file: "f.toml")
+        XCTAssertEqual(c.switches, [SwitchSpec(id: "sw0", uplinkTap: "vdtap0"), SwitchSpec(id: "sw1")])
+        XCTAssertEqual(c.exports.map(\.spec.net?.switchName), ["sw1"])
+        XCTAssertNoThrow(try SwitchSpec.validate(c.switches, exports: c.exports.map(\.spec)))
     }
 
     func testLinesSkipMultilineStringsAndCountArrayTables() {
