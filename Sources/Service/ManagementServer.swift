@@ -46,13 +46,7 @@ public final class ManagementServer {
 
     private func acceptLoop() {
         vdv_set_thread_name("vdevd-mgmt")
-        while true {
-            var fds = [pollfd(fd: listener.fd, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
-            if poll(&fds, 2, -1) < 0 { continue }
-            if fds[1].revents != 0 { return }
-            let c = vdv_accept(listener.fd)
-            if c < 0 { continue }
+        acceptUntilStopped(listenFD: listener.fd, stopFD: stopEvent.fd) { c in
             let admitted = lock.withLock { () -> Bool in
                 guard clients < Self.maxClients else { return false }
                 clients += 1
@@ -61,7 +55,7 @@ public final class ManagementServer {
             let conn = ClientConnection(fd: c, stopFD: stopEvent.fd)
             guard admitted else {
                 conn.write(ManagementReply.failure("too many management clients (\(Self.maxClients))").encoded())
-                continue
+                return
             }
             // Detached: nobody joins a client's thread; `stop()` waits for the count instead.
             pthread_detach(spawnThread { [self] in

@@ -50,15 +50,7 @@ public final class MetricsListener {
 
     private func acceptLoop() {
         vdv_set_thread_name("vdevd-metrics")
-        while true {
-            var fds = [pollfd(fd: listener.fd, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
-            if poll(&fds, 2, -1) < 0 { continue }
-            if fds[1].revents != 0 { return }
-            let c = vdv_accept(listener.fd)
-            if c < 0 { continue }
-            answer(ClientConnection(fd: c, stopFD: stopEvent.fd))
-        }
+        acceptUntilStopped(listenFD: listener.fd, stopFD: stopEvent.fd) { c in answer(ClientConnection(fd: c, stopFD: stopEvent.fd)) }
     }
 
     private func answer(_ conn: ClientConnection) {

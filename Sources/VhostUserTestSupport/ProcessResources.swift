@@ -28,3 +28,12 @@ public func memfdMappingCount() -> Int {
     free(line)
     return n
 }
+
+/// A new private directory `<prefix>XXXXXX` (mkdtemp), e.g. "/tmp/vdevd-xt-".
+public func makeTemporaryDirectory(_ prefix: String) throws -> String {
+    var t = Array((prefix + "XXXXXX").utf8CString)
+    guard t.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
+        throw TestSupportError("mkdtemp(\(prefix)): errno \(errno)")
+    }
+    return String(cString: t)
+}

@@ -12,11 +12,7 @@ import XCTest
 final class BackingTests: ExportTestCase {
     /// A folder on tmpfs for this test, removed at tear-down.
     func tmpfsDir() throws -> String {
-        var t = Array("/dev/shm/vdevd-xt-XXXXXX".utf8CString)
-        guard t.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-            throw XCTSkip("no tmpfs at /dev/shm")
-        }
-        let d = String(cString: t)
+        guard let d = try? makeTemporaryDirectory("/dev/shm/vdevd-xt-") else { throw XCTSkip("no tmpfs at /dev/shm") }
         addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
         return d
     }

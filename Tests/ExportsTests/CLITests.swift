@@ -14,11 +14,7 @@ final class CLITests: XCTestCase {
 
     override func setUpWithError() throws {
         try super.setUpWithError()
-        var t = Array("/tmp/vdevd-ct-XXXXXX".utf8CString)
-        guard t.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-            throw TestSupportError("mkdtemp: errno \(errno)")
-        }
-        dir = String(cString: t)
+        dir = try makeTemporaryDirectory("/tmp/vdevd-ct-")
     }
 
     override func tearDown() {

@@ -22,9 +22,7 @@ final class DataPathMatrixTests: ExportTestCase {
         let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
         guard mounts.split(separator: "\n").contains(where: { $0.split(separator: " ").prefix(3).dropFirst().elementsEqual(["/dev/shm", "tmpfs"]) })
         else { return nil }
-        var t = Array("/dev/shm/vdevd-xt-XXXXXX".utf8CString)
-        guard t.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else { return nil }
-        shmDir = String(cString: t)
+        shmDir = try? makeTemporaryDirectory("/dev/shm/vdevd-xt-")
         return shmDir
     }
 

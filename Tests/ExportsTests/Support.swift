@@ -225,11 +225,7 @@ class ExportTestCase: XCTestCase {
 
     override func setUpWithError() throws {
         try super.setUpWithError()
-        var t = Array("/tmp/vdevd-xt-XXXXXX".utf8CString)
-        guard t.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-            throw TestSupportError("mkdtemp: errno \(errno)")
-        }
-        dir = String(cString: t)
+        dir = try makeTemporaryDirectory("/tmp/vdevd-xt-")
     }
 
     override func tearDown() {

@@ -27,11 +27,7 @@ class NetTestCase: XCTestCase {
     override func setUpWithError() throws {
         try super.setUpWithError()
         signal(SIGPIPE, SIG_IGN)
-        var t = Array("/tmp/vnet-XXXXXX".utf8CString)
-        guard t.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-            throw TestSupportError("mkdtemp: errno \(errno)")
-        }
-        dir = String(cString: t)
+        dir = try makeTemporaryDirectory("/tmp/vnet-")
         // Ports on different pollers: the switch must move frames between threads.
         pollers = try PollerGroup(count: 2)
     }

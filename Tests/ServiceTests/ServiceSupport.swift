@@ -27,11 +27,7 @@ class ServiceTestCase: XCTestCase {
 
     override func setUpWithError() throws {
         try super.setUpWithError()
-        var t = Array("/tmp/vdevd-svc-XXXXXX".utf8CString)
-        guard t.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-            throw TestSupportError("mkdtemp: errno \(errno)")
-        }
-        dir = String(cString: t)
+        dir = try makeTemporaryDirectory("/tmp/vdevd-svc-")
     }
 
     override func tearDown() {

@@ -267,11 +267,7 @@ class VsockTestCase: XCTestCase {
         try super.setUpWithError()
         // The daemon ignores SIGPIPE (vdv_block_term_signals); here the device runs inside the test process.
         signal(SIGPIPE, SIG_IGN)
-        var t = Array("/tmp/vsk-XXXXXX".utf8CString)
-        guard t.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-            throw TestSupportError("mkdtemp: errno \(errno)")
-        }
-        dir = String(cString: t)
+        dir = try makeTemporaryDirectory("/tmp/vsk-")
     }
 
     override func tearDown() {
