@@ -314,3 +314,8 @@ class ExportTestCase: XCTestCase {
         BlkConfig(try fe.getConfig(offset: 0, size: UInt32(BlkLayout.configSize)))
     }
 }
+
+/// Runs `body`; what it says cannot be made on this machine (`Unavailable`) skips the test with the reason.
+func skipUnavailable<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let e as Unavailable { throw XCTSkip(e.description) }
+}

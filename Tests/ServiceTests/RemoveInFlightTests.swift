@@ -10,34 +10,14 @@ import XCTest
 /// is disconnected and the socket removed. The device is made slow for real: the image lives on an ext4 file
 /// system that the test freezes (writes block in the kernel) and thaws while the remove waits.
 final class RemoveInFlightTests: ServiceTestCase {
-    func tool(_ path: String, _ args: [String]) -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        do { try p.run() } catch { return (-1, "\(error)") }
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, out)
-    }
-
     func testRemoveLetsRequestsAtTheDeviceCompleteFirst() throws {
         guard getuid() == 0 else { throw XCTSkip("needs root to mount and freeze a file system") }
-        let fsImage = path("fs.img"), mnt = path("mnt")
-        mkdir(mnt, 0o755)
-        FileManager.default.createFile(atPath: fsImage, contents: nil)
-        XCTAssertEqual(truncate(fsImage, 64 << 20), 0)
-        let (mk, mkOut) = tool("/sbin/mkfs.ext4", ["-q", "-F", fsImage])
-        guard mk == 0 else { throw XCTSkip("mkfs.ext4: \(mkOut)") }
-        let (m, mOut) = tool("/bin/mount", ["-o", "loop", fsImage, mnt])
-        guard m == 0 else { throw XCTSkip("cannot mount a loop file system here: \(mOut)") }
-        var frozen = false
+        let fs = try skipUnavailable { try ScratchFileSystem(in: dir) }
+        let mnt = fs.mountPoint
         defer {
-            if frozen { _ = tool("/sbin/fsfreeze", ["-u", mnt]) }
+            fs.thaw()
             for p in running where p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
-            _ = tool("/bin/umount", [mnt])
+            fs.unmount()
         }
         let img = "\(mnt)/disk.img"
         FileManager.default.createFile(atPath: img, contents: Data(count: 1 << 20))
@@ -47,9 +27,7 @@ final class RemoveInFlightTests: ServiceTestCase {
         let c = try BlkTestClient(socket: sock)
         XCTAssertEqual(try c.write(sector: 0, data: payload(4096, seed: 1)), 0)
 
-        let (fz, fzOut) = tool("/sbin/fsfreeze", ["-f", mnt])
-        guard fz == 0 else { throw XCTSkip("fsfreeze: \(fzOut)") }
-        frozen = true
+        try skipUnavailable { try fs.freeze() }
         var requests: [(head: UInt16, status: UInt64, sector: UInt64, data: [UInt8])] = []
         for i in 0..<4 {
             let b = c.allocateRequest(dataCapacity: 4096)
@@ -71,11 +49,11 @@ final class RemoveInFlightTests: ServiceTestCase {
         // The disk answers again a little after the remove has started waiting for it.
         let thaw = Thread { [self] in
             usleep(300_000)
-            _ = tool("/sbin/fsfreeze", ["-u", mnt])
+            // Straight to the tool: this thread only lets the disk go on; the test's own thaw stays at the end.
+            _ = runTool("/sbin/fsfreeze", ["-u", mnt])
         }
         thaw.start()
         let reply = try manage(mgmt, ["command": "remove", "id": "d0"])
-        frozen = false
         XCTAssertTrue(reply.ok, reply.error ?? "")
         XCTAssertNil(fileStat(sock))
         XCTAssertTrue(c.frontend.backendClosed())

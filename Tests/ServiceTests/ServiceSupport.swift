@@ -153,3 +153,8 @@ class ServiceTestCase: XCTestCase {
         try ManagementClient(path: socket).request(fields)
     }
 }
+
+/// Runs `body`; what it says cannot be made on this machine (`Unavailable`) skips the test with the reason.
+func skipUnavailable<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let e as Unavailable { throw XCTSkip(e.description) }
+}
