@@ -25,6 +25,8 @@ REL = os.path.join(REPO, ".build", "release")
 TESTPMD = shutil.which("dpdk-testpmd") or "/usr/bin/dpdk-testpmd"
 BACKEND_CPU, LOAD_CPU = "1", "0"
 MAC_TX, MAC_RX = "02:00:00:00:00:01", "02:00:00:00:00:02"
+# Another vdevd build to compare with (--alt-bin), as a third backend "alt".
+ALT_BIN = None
 
 
 def wait_for(cond, proc, log, what, timeout=60):
@@ -41,8 +43,9 @@ def wait_for(cond, proc, log, what, timeout=60):
 def start_backend(kind, work):
     socks = [os.path.join(work, f"{kind}-a.sock"), os.path.join(work, f"{kind}-b.sock")]
     log = os.path.join(work, f"{kind}.log")
-    if kind == "vdevd":
-        cmd = ["taskset", "-c", BACKEND_CPU, os.path.join(REL, "vdevd"), "--pollers", "1", "--cpus", BACKEND_CPU,
+    if kind in ("vdevd", "alt"):
+        binary = ALT_BIN if kind == "alt" else os.path.join(REL, "vdevd")
+        cmd = ["taskset", "-c", BACKEND_CPU, binary, "--pollers", "1", "--cpus", BACKEND_CPU,
                "--switch", "id=sw",
                "--export", f"vhost-user-net,id=a,socket={socks[0]},switch=sw,queue-size=1024",
                "--export", f"vhost-user-net,id=b,socket={socks[1]},switch=sw,queue-size=1024"]
@@ -111,7 +114,7 @@ def one_round(kind, size, seconds, warmup, work):
             load.kill()
             load.wait()
     finally:
-        stop(backend, signal.SIGTERM if kind == "vdevd" else signal.SIGINT)
+        stop(backend, signal.SIGINT if kind == "reference" else signal.SIGTERM)
     text = open(log, errors="replace").read()[marker:]
     pps = [int(x) for x in re.findall(r"Rx-pps:\s+(\d+)", text)]
     # Two ports per sample: a sample is what both received in that second.
@@ -129,22 +132,31 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--markdown")
+    ap.add_argument("--backends", default="vdevd,reference", help="which backends run (profiling: vdevd alone)")
+    ap.add_argument("--alt-bin", help="a second vdevd binary, run as backend 'alt' (before/after a change)")
     a = ap.parse_args()
+    global ALT_BIN
+    ALT_BIN = a.alt_bin
+    if ALT_BIN and "alt" not in a.backends:
+        a.backends += ",alt"
     if not a.no_build:
         subprocess.check_call(["swift", "build", "-c", "release", "--product", "vdevd"], cwd=REPO)
     work = tempfile.mkdtemp(prefix="vdevd-netbench-")
     rows = []
     try:
         for size in [int(s) for s in a.sizes.split(",")]:
-            res = {"vdevd": [], "reference": []}
+            res = {"vdevd": [], "reference": [], "alt": []}
             for r in range(a.rounds):
-                order = ["vdevd", "reference"] if r % 2 == 0 else ["reference", "vdevd"]
+                order = [k for k in ["vdevd", "reference", "alt"] if k in a.backends.split(",")]
+                if r % 2 == 1:
+                    order.reverse()
                 for kind in order:
                     mpps, blog = one_round(kind, size, a.seconds, a.warmup, work)
                     res[kind].append(mpps)
                     print(f"size {size} round {r + 1} {kind:9s} {mpps:7.3f} Mpps", flush=True)
-            v, ref = statistics.median(res["vdevd"]), statistics.median(res["reference"])
-            rows.append((size, v, ref, v / ref if ref else float("nan"), res))
+            v = statistics.median(res["vdevd"]) if res["vdevd"] else float("nan")
+            ref = statistics.median(res["reference"]) if res["reference"] else float("nan")
+            rows.append((size, v, ref, v / ref if ref == ref and ref else float("nan"), res))
     finally:
         if not os.environ.get("KEEP_WORK"):
             shutil.rmtree(work, ignore_errors=True)
@@ -156,6 +168,9 @@ def main():
     print("\n".join(lines))
     for size, v, ref, ratio, res in rows:
         print(f"size {size}: vdevd rounds {['%.3f' % x for x in res['vdevd']]}, reference rounds {['%.3f' % x for x in res['reference']]}")
+        if res["alt"]:
+            alt = statistics.median(res["alt"])
+            print(f"size {size}: alt {alt:.3f} Mpps (rounds {['%.3f' % x for x in res['alt']]}), vdevd/alt {v / alt:.2f}x")
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write("\n".join(lines) + "\n")

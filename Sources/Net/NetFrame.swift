@@ -20,18 +20,17 @@ public struct NetFrame {
     var refs: UInt32 = 0
 
     public static let maxSegments = 64
-    static let refsOffset = MemoryLayout<NetFrame>.offset(of: \NetFrame.refs)!
 }
 
 public typealias NetFrameRef = UnsafeMutablePointer<NetFrame>
 
 extension UnsafeMutablePointer where Pointee == NetFrame {
-    @inline(__always) var refsPointer: UnsafeMutableRawPointer { UnsafeMutableRawPointer(self) + NetFrame.refsOffset }
-    @inline(__always) func retainFrame() { _ = vdv_fetch_add_u32(refsPointer, 1) }
+    /// The atomics work on the field in place (a pointee's stored property has a fixed address).
+    @inline(__always) func retainFrame() { _ = withUnsafeMutablePointer(to: &pointee.refs) { vdv_fetch_add_u32($0, 1) } }
     /// A receiver (or the sender) is done with the frame's bytes.
-    @inline(__always) func releaseFrame() { _ = vdv_fetch_sub_u32(refsPointer, 1) }
-    @inline(__always) var frameInUse: Bool { vdv_load_acquire_u32(refsPointer) != 0 }
-    @inline(__always) func holdBySender() { vdv_store_release_u32(refsPointer, 1) }
+    @inline(__always) func releaseFrame() { _ = withUnsafeMutablePointer(to: &pointee.refs) { vdv_fetch_sub_u32($0, 1) } }
+    @inline(__always) var frameInUse: Bool { withUnsafeMutablePointer(to: &pointee.refs) { vdv_load_acquire_u32($0) } != 0 }
+    @inline(__always) func holdBySender() { withUnsafeMutablePointer(to: &pointee.refs) { vdv_store_release_u32($0, 1) } }
 }
 
 /// Preallocated frames, one per descriptor head of a tx queue (or per uplink buffer), each with its iovecs.

@@ -9,11 +9,10 @@ import Virtio
 /// (num_buffers set, 5.1.6.3.1). A frame with no buffer for it is dropped and counted, never waited for.
 final class NetRxQueue: QueueHandler, FDWatcher {
     let binding: QueueBinding
-    /// The ring, the counters and the switch outlive this handler (the binding and device hold them):
-    /// unowned(unsafe) keeps reference counting off the per-frame path.
-    unowned(unsafe) let vq: SplitVirtqueue
+    /// Strong lets (see NetTxQueue): borrowed for calls, no reference counting per frame.
+    let vq: SplitVirtqueue
     let endpoint: RxEndpoint
-    unowned(unsafe) let port: SwitchPort
+    let port: SwitchPort
     let sw: NetSwitch
     let poller: Poller
     let headerSize: Int
@@ -22,7 +21,7 @@ final class NetRxQueue: QueueHandler, FDWatcher {
     let guestTSO4: Bool
     let guestTSO6: Bool
     private let segmenter = TCPSegmenter()
-    unowned(unsafe) let counters: PortCounters
+    let counters: PortCounters
     var stats: QueueStats { binding.stats }
     var inflight: Int { 0 }
 
@@ -57,7 +56,7 @@ final class NetRxQueue: QueueHandler, FDWatcher {
         taken = .allocate(capacity: NetRxQueue.batchSize)
         // Called on the poller thread (makeQueueHandler): the doorbell joins this poller's epoll.
         watchToken = try poller.watch(fd: endpoint.doorbell.fd, events: UInt32(VDV_EPOLLIN), self)
-        sw.addEndpoint(endpoint, to: port)
+        try sw.addEndpoint(endpoint, to: port)
     }
 
     deinit {
@@ -76,16 +75,16 @@ final class NetRxQueue: QueueHandler, FDWatcher {
     func process() throws -> Bool {
         endpoint.disarm()
         let n = sw.take(endpoint, into: taken, max: NetRxQueue.batchSize)
-        var i = 0
+        // One buffer per frame at least: their descriptors load while the first frames are copied.
+        if n > 0 { vq.prefetchAvailable(n) }
+        // Frames are let go of after the whole batch: a release is an atomic read-modify-write, which waits for
+        // this thread's earlier stores (the copies into the guest's buffers, lines its driver's CPU owns) to
+        // drain; once per batch instead of once per frame (measured: a quarter of a 64-byte frame's time).
+        defer { for i in 0..<n { taken[i].releaseFrame() } }
         do {
-            while i < n {
-                try deliverOrSegment(taken[i])
-                taken[i].releaseFrame()
-                i += 1
-            }
+            for i in 0..<n { try deliverOrSegment(taken[i]) }
         } catch {
             // This guest broke its rx ring: its queue stops, and nothing it was sent may hold up the senders.
-            while i < n { taken[i].releaseFrame(); i += 1 }
             stopReceiving()
             countDelivered()
             throw error

@@ -6,7 +6,12 @@ import Virtio
 public final class NetSwitch {
     public let name: String
     let lock = Lock()
+    /// Ports by index (switch lock). The array owns them; `portTable` mirrors it with unretained references for
+    /// the forwarding path, so a frame costs no reference counting.
     private var ports: ContiguousArray<SwitchPort?> = []
+    private var portTable = UnsafeMutablePointer<Unmanaged<SwitchPort>?>.allocate(capacity: 16)
+    private var portTableCapacity = 16
+    private var portSlots = 0
     private var table = MACTable(maxEntries: NetSwitch.maxEntries)
     /// A learned address is forgotten after this long without a frame from it (802.1D's default, 300 s).
     public var ageingMicros: UInt64 = 300_000_000
@@ -15,6 +20,21 @@ public final class NetSwitch {
 
     public init(name: String) {
         self.name = name
+        portTable.initialize(repeating: nil, count: portTableCapacity)
+    }
+
+    deinit { portTable.deallocate() }
+
+    /// Switch lock held: the mirror follows `ports`.
+    private func mirrorPorts() {
+        if ports.count > portTableCapacity {
+            portTable.deallocate()
+            portTableCapacity = max(ports.count, 2 * portTableCapacity)
+            portTable = .allocate(capacity: portTableCapacity)
+        }
+        portTable.initialize(repeating: nil, count: portTableCapacity)
+        for (i, p) in ports.enumerated() { portTable[i] = p.map { Unmanaged.passUnretained($0) } }
+        portSlots = ports.count
     }
 
     @inline(__always)
@@ -27,6 +47,7 @@ public final class NetSwitch {
         lock.withLock {
             p.index = ports.firstIndex(where: { $0 == nil }) ?? ports.count
             if p.index == ports.count { ports.append(p) } else { ports[p.index] = p }
+            mirrorPorts()
             // A port's mac=: never ages, never moves.
             if let mac { table.set(NetSwitch.key(mac, vlan: vlan), port: p.index, lastSeen: 0, pinned: true) }
         }
@@ -38,6 +59,7 @@ public final class NetSwitch {
             guard p.index >= 0, p.index < ports.count, ports[p.index] === p else { return }
             table.filter { $0.port != p.index }
             ports[p.index] = nil
+            mirrorPorts()
             p.index = -1
         }
     }
@@ -52,10 +74,10 @@ public final class NetSwitch {
         }
     }
 
-    func addEndpoint(_ e: RxEndpoint, to p: SwitchPort) {
-        lock.withLock {
+    func addEndpoint(_ e: RxEndpoint, to p: SwitchPort) throws {
+        try lock.withLock {
+            guard p.addEndpoint(e) else { throw NetError.tooManyQueues(p.name) }
             e.port = p
-            p.endpoints.append(e)
         }
     }
 
@@ -64,7 +86,7 @@ public final class NetSwitch {
         let scratch = UnsafeMutablePointer<NetFrameRef>.allocate(capacity: RxEndpoint.capacity)
         defer { scratch.deallocate() }
         let dropped: Int = lock.withLock {
-            if let p = e.port { p.endpoints.removeAll { $0 === e } }
+            if let p = e.port { p.removeEndpoint(e) }
             return e.take(into: scratch, max: RxEndpoint.capacity)
         }
         for i in 0..<dropped { scratch[i].releaseFrame() }
@@ -104,13 +126,15 @@ public final class NetSwitch {
                 }
                 let dst = f.pointee.dst
                 if !dst.isMulticast, let e = table.find(NetSwitch.key(dst, vlan: port.vlan)),
-                   e.pinned || now &- e.lastSeen <= ageingMicros, let to = ports[e.port] {
-                    if to !== port { deliver(f, to: to, wake: wake) }
+                   e.pinned || now &- e.lastSeen <= ageingMicros, let to = portTable[e.port] {
+                    if e.port != port.index { to._withUnsafeGuaranteedRef { deliver(f, to: $0, wake: wake) } }
                     continue
                 }
                 port.counters.add(.flooded)
-                for case let to? in ports where to !== port && to.vlan == port.vlan {
-                    deliver(f, to: to, wake: wake)
+                for i in 0..<portSlots where i != port.index {
+                    portTable[i]?._withUnsafeGuaranteedRef { to in
+                        if to.vlan == port.vlan { deliver(f, to: to, wake: wake) }
+                    }
                 }
             }
         }
@@ -127,13 +151,14 @@ public final class NetSwitch {
 
     @inline(__always)
     private func deliver(_ f: NetFrameRef, to: SwitchPort, wake: WakeList) {
-        let n = to.endpoints.count
+        let n = to.endpointCount
         guard n > 0 else {
             to.counters.add(.dropNoQueue)
             return
         }
-        let e = to.endpoints[n == 1 ? 0 : Int(f.pointee.flowHash % UInt32(n))]
-        if e.enqueue(f) { wake.add(e) } else { to.counters.add(.dropBacklog) }
+        let u = to.endpointTable[n == 1 ? 0 : Int(f.pointee.flowHash % UInt32(n))]
+        let queued = u._withUnsafeGuaranteedRef { $0.enqueue(f) }
+        if queued { wake.add(u) } else { to.counters.add(.dropBacklog) }
     }
 
     /// Sends a frame the daemon made itself (a RARP announcement) from `port`, on the control thread.
@@ -150,20 +175,34 @@ public final class NetSwitch {
 }
 
 /// Endpoints that received frames in one forwarding pass, rung after the lock is released. Kept by each sender
-/// and reused (its storage is reserved once).
+/// and reused. Each endpoint is retained once per pass when it joins (it may be removed from the switch and
+/// freed before the ring), not once per frame.
 final class WakeList {
-    private var items: [RxEndpoint] = []
+    private var items = UnsafeMutablePointer<Unmanaged<RxEndpoint>>.allocate(capacity: 64)
+    private var capacity = 64
+    private var count = 0
 
-    init() { items.reserveCapacity(64) }
+    deinit { items.deallocate() }
 
     @inline(__always)
-    func add(_ e: RxEndpoint) {
-        for x in items where x === e { return }
-        items.append(e)
+    func add(_ u: Unmanaged<RxEndpoint>) {
+        for i in 0..<count where items[i].toOpaque() == u.toOpaque() { return }
+        if count == capacity {
+            let bigger = UnsafeMutablePointer<Unmanaged<RxEndpoint>>.allocate(capacity: 2 * capacity)
+            bigger.moveInitialize(from: items, count: count)
+            items.deallocate()
+            items = bigger
+            capacity *= 2
+        }
+        items[count] = u.retain()
+        count += 1
     }
 
     func ring() {
-        for e in items { e.wakeIfArmed() }
-        items.removeAll(keepingCapacity: true)
+        for i in 0..<count {
+            items[i]._withUnsafeGuaranteedRef { $0.wakeIfArmed() }
+            items[i].release()
+        }
+        count = 0
     }
 }

@@ -37,7 +37,7 @@ public final class TapUplink {
         buffers = .allocate(byteCount: TapUplink.frameCount * TapUplink.bufferSize, alignment: 64)
         batch = .allocate(capacity: 32)
         taken = .allocate(capacity: 64)
-        sw.addEndpoint(endpoint, to: port)
+        try sw.addEndpoint(endpoint, to: port)
     }
 
     deinit {

@@ -23,6 +23,10 @@ public final class SplitVirtqueue {
 
     /// Next avail ring slot to consume (the "last_avail_idx" that GET_VRING_BASE returns).
     public private(set) var lastAvailIdx: UInt16
+    /// avail->idx as last read: entries up to it are taken without reading it again. Its cache line is the one the
+    /// driver writes on every kick-worthy batch, so reading it once per burst instead of once per entry saves a
+    /// cross-CPU miss per request (measured on net: a quarter of a 64-byte frame's time).
+    private var knownAvailIdx: UInt16
     /// Our copy of used->idx.
     public private(set) var usedIdx: UInt16
     private var signalledUsed: UInt16 = 0
@@ -53,6 +57,7 @@ public final class SplitVirtqueue {
         avail = a
         used = u
         self.lastAvailIdx = lastAvailIdx
+        knownAvailIdx = lastAvailIdx
         // The used index is whatever the driver last saw; requests between it and lastAvailIdx were lost
         // with a previous backend (reconnect with in-flight tracking is its own feature).
         self.usedIdx = vdv_load_acquire_u16(u + 2)
@@ -72,6 +77,7 @@ public final class SplitVirtqueue {
         resubmit = heads
         resubmitNext = 0
         lastAvailIdx = usedIdx &+ UInt16(truncatingIfNeeded: resubmit.count)
+        knownAvailIdx = lastAvailIdx
         return resubmit.count
     }
 
@@ -122,10 +128,14 @@ public final class SplitVirtqueue {
             lastPop = (head, true)
             return head
         }
-        let idx = vdv_load_acquire_u16(avail + 2)
-        let n = idx &- lastAvailIdx
-        guard n <= size else { throw VirtqueueError.availIndexTooFar(n) }
-        guard n > 0 else { return nil }
+        if lastAvailIdx == knownAvailIdx {
+            // Acquire: the entries up to idx are read after it.
+            let idx = vdv_load_acquire_u16(avail + 2)
+            let n = idx &- lastAvailIdx
+            guard n <= size else { throw VirtqueueError.availIndexTooFar(n) }
+            guard n > 0 else { return nil }
+            knownAvailIdx = idx
+        }
         let slot = Int(lastAvailIdx & (size &- 1))
         let head = vdv_load_relaxed_u16(avail + 4 + 2 * slot)
         guard head < size else { throw VirtqueueError.headIndexOutOfRange(head) }
@@ -133,6 +143,30 @@ public final class SplitVirtqueue {
         lastPop = (head, false)
         inflight?.started(head)
         return head
+    }
+
+    /// Starts loading the descriptors of up to `count` heads the driver has made available and popHead() has not
+    /// taken yet (a receive path that knows how many buffers it is about to fill). Reads nothing it must trust:
+    /// heads are masked to the ring, and popHead() checks them when they are taken.
+    @inline(__always)
+    public func prefetchAvailable(_ count: Int) {
+        var known = knownAvailIdx
+        if lastAvailIdx == known {
+            known = vdv_load_acquire_u16(avail + 2)
+            guard known &- lastAvailIdx <= size else { return }
+            knownAvailIdx = known
+        }
+        let n = min(count, Int(known &- lastAvailIdx))
+        for i in 0..<n {
+            let slot = Int((lastAvailIdx &+ UInt16(truncatingIfNeeded: i)) & (size &- 1))
+            prefetchDescriptor(head: vdv_load_relaxed_u16(avail + 4 + 2 * slot))
+        }
+    }
+
+    /// Starts loading a popped head's descriptor (a line the driver wrote on another CPU) before it is read.
+    @inline(__always)
+    public func prefetchDescriptor(head: UInt16) {
+        vdv_prefetch(desc + Int(head & (size &- 1)) * SplitVirtqueue.descriptorSize)
     }
 
     /// Undo the last pop (the request could not be started for lack of a slot; it will be popped again). Several

@@ -5,6 +5,8 @@
 #include <stdint.h>
 
 // ---- Memory ordering on shared rings (virtio 1.3, 2.7.13: barriers) ----
+/* A hint that *p is read soon (a line another CPU wrote: guest rings and buffers). */
+static inline void vdv_prefetch(const void *p) { __builtin_prefetch(p); }
 static inline uint16_t vdv_load_acquire_u16(const void *p) { return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE); }
 static inline uint16_t vdv_load_relaxed_u16(const void *p) { return __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED); }
 static inline void vdv_store_release_u16(void *p, uint16_t v) { __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE); }
