@@ -29,6 +29,9 @@ public final class NetDevice: VirtioDevice, MigrationAnnouncer {
     public var offeredFeatures: UInt64 { NetDevice.features }
     public var maxQueues: Int { 2 * options.queuePairs }
     public var maxQueueSize: UInt32 { options.queueSize }
+    /// Live migration: the device writes guest memory only into rx buffers (NetRxQueue logs them) and used rings
+    /// (the binding logs those); tx buffers are only read.
+    public var logsDirtyPages: Bool { true }
 
     public init(options: NetOptions, switch sw: NetSwitch) {
         self.options = options

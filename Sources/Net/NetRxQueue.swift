@@ -146,13 +146,20 @@ final class NetRxQueue: QueueHandler, FDWatcher {
             h.gsoSize = sh.gsoSize
             h.hdrLen = sh.hdrLen
         }
-        h.write(to: hdr, size: headerSize)
-        _ = write(hdr, count: headerSize, at: 0, chains: got)
-        // The one copy: sender's buffers to this guest's buffers.
-        var at = headerSize
-        for s in 0..<f.pointee.iovCount {
-            let seg = f.pointee.iov[s]
-            at += write(UnsafeRawPointer(seg.iov_base!), count: seg.iov_len, at: at, chains: got)
+        // The one copy: sender's buffers to this guest's buffers. The usual case, one sender buffer into one
+        // receive buffer that holds header and frame, is two plain stores; anything else walks the segments.
+        let first = chains[0].iov[0]
+        if got == 1 && f.pointee.iovCount == 1 && first.iov_len >= total {
+            h.write(to: first.iov_base!, size: headerSize)
+            memcpy(first.iov_base! + headerSize, f.pointee.iov[0].iov_base!, f.pointee.length)
+        } else {
+            h.write(to: hdr, size: headerSize)
+            _ = write(hdr, count: headerSize, at: 0, chains: got)
+            var at = headerSize
+            for s in 0..<f.pointee.iovCount {
+                let seg = f.pointee.iov[s]
+                at += write(UnsafeRawPointer(seg.iov_base!), count: seg.iov_len, at: at, chains: got)
+            }
         }
         if needsCsum && !guestCsum {
             // The receiver cannot complete it: compute it here over the sender's bytes, store it in the copy.
@@ -165,6 +172,8 @@ final class NetRxQueue: QueueHandler, FDWatcher {
         for i in 0..<got {
             let n = min(left, Int(chains[i].writableBytes))
             binding.complete(head: heads[i], length: UInt32(n))
+            // Live migration: the bytes written into this guest are marked dirty (nothing when not logging).
+            binding.logWritten(chains[i], bytes: n)
             left -= n
         }
         deliveredFrames += 1

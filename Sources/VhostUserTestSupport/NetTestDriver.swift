@@ -48,6 +48,8 @@ public final class NetTestDriver {
         public var frame: [UInt8]
         /// Used elements (rx buffers) the frame took.
         public var buffers: Int
+        /// Guest addresses of those buffers, in order.
+        public var bufferGPAs: [UInt64] = []
     }
 
     public let frontend: VhostUserFrontend
@@ -66,7 +68,9 @@ public final class NetTestDriver {
 
     /// Connects and negotiates `features` (VERSION_1 always), maps `ramSize` bytes of guest RAM and starts
     /// `pairs` rx/tx pairs of `queueSize`.
-    public init(socket: String, features: UInt64, pairs: Int = 1, queueSize: UInt16 = 256, ramSize: UInt64 = 32 << 20) throws {
+    /// `extraProtocolFeatures` are acked beside those when offered (LOG_SHMFD for a migration test).
+    public init(socket: String, features: UInt64, pairs: Int = 1, queueSize: UInt16 = 256, ramSize: UInt64 = 32 << 20,
+                extraProtocolFeatures: UInt64 = 0) throws {
         frontend = try VhostUserFrontend(path: socket)
         ram = try GuestRAM(size: ramSize, guestAddress: 0x10_0000)
         self.features = features | NetTestDriver.fVersion1
@@ -78,7 +82,7 @@ public final class NetTestDriver {
         try frontend.setFeatures(self.features | VhostUserFrontend.protocolFeaturesBit)
         let proto = try frontend.getU64(.getProtocolFeatures)
         // REPLY_ACK (3) so every command is done when it returns; MQ (0); RARP (2) when offered.
-        try frontend.setProtocolFeatures(proto & (1 << 3 | 1 << 0 | 1 << 2))
+        try frontend.setProtocolFeatures(proto & (1 << 3 | 1 << 0 | 1 << 2 | extraProtocolFeatures))
         try frontend.command(.setOwner)
         try frontend.setMemTable([ram])
         for k in 0..<pairs {
@@ -149,17 +153,19 @@ public final class NetTestDriver {
     public func receive(pair: Int = 0, timeout: Double = 10) -> Received? {
         guard let first = rx[pair].waitUsed(timeout: timeout), let (gpa, _) = rxBuffers[pair].removeValue(forKey: first.head) else { return nil }
         var bytes = ram.read(gpa, Int(first.length))
-        guard bytes.count >= headerSize else { return Received(header: Header(), frame: bytes, buffers: 1) }
+        guard bytes.count >= headerSize else { return Received(header: Header(), frame: bytes, buffers: 1, bufferGPAs: [gpa]) }
         let h = Header(Array(bytes.prefix(headerSize)))
         var n = 1
+        var gpas = [gpa]
         if features & NetTestDriver.fMrgRxbuf != 0 {
             while n < Int(h.numBuffers) {
                 guard let u = rx[pair].waitUsed(timeout: timeout), let (g, _) = rxBuffers[pair].removeValue(forKey: u.head) else { return nil }
                 bytes += ram.read(g, Int(u.length))
+                gpas.append(g)
                 n += 1
             }
         }
-        return Received(header: h, frame: Array(bytes.dropFirst(headerSize)), buffers: n)
+        return Received(header: h, frame: Array(bytes.dropFirst(headerSize)), buffers: n, bufferGPAs: gpas)
     }
 
     /// VHOST_USER_SEND_RARP with `mac` (what QEMU sends after a migration); the backend's ack value.

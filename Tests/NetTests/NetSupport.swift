@@ -69,8 +69,9 @@ class NetTestCase: XCTestCase {
         return NetServed(export: e as! VhostUserExport, socket: sock)
     }
 
-    func guest(_ s: NetServed, features: UInt64 = NetTestDriver.fMrgRxbuf, pairs: Int = 1) throws -> NetTestDriver {
-        let d = try NetTestDriver(socket: s.socket, features: features, pairs: pairs)
+    func guest(_ s: NetServed, features: UInt64 = NetTestDriver.fMrgRxbuf, pairs: Int = 1,
+               extraProtocolFeatures: UInt64 = 0) throws -> NetTestDriver {
+        let d = try NetTestDriver(socket: s.socket, features: features, pairs: pairs, extraProtocolFeatures: extraProtocolFeatures)
         drivers.append(d)
         return d
     }
