@@ -6,11 +6,13 @@ import Virtio
 /// A virtio-net device (virtio 1.3, 5.1) whose frames go through a switch port. Queue 2k receives and 2k+1
 /// transmits for pair k. Over vhost-user the frontend keeps the control queue and config space; the backend
 /// learns the active pairs from the rings it is told to start (SET_VRING_ENABLE).
-public final class NetDevice: VirtioDevice, MigrationAnnouncer {
+public final class NetDevice: VirtioDevice, MigrationAnnouncer, HostMTUReceiver {
     public let options: NetOptions
     public let port: SwitchPort
     public let sw: NetSwitch
     public var log: (String) -> Void = { _ in }
+    /// The MTU the guest was told: mtu= unless the frontend set a smaller one.
+    public let linkMTU: LinkMTU
 
     private let lock = Lock()
     private var acked: UInt64 = 0
@@ -24,6 +26,7 @@ public final class NetDevice: VirtioDevice, MigrationAnnouncer {
     public static let features: UInt64 = VirtioFeature.version1 | VirtioFeature.ringEventIdx
         | VirtioFeature.ringIndirectDesc | NetFeature.mrgRxbuf | NetFeature.csum | NetFeature.guestCsum
         | NetFeature.mq | NetFeature.hostTSO4 | NetFeature.hostTSO6 | NetFeature.guestTSO4 | NetFeature.guestTSO6
+        | NetFeature.mtu
 
     public var deviceID: VirtioDeviceID { .net }
     public var offeredFeatures: UInt64 { NetDevice.features }
@@ -36,6 +39,7 @@ public final class NetDevice: VirtioDevice, MigrationAnnouncer {
     public init(options: NetOptions, switch sw: NetSwitch) {
         self.options = options
         self.sw = sw
+        linkMTU = LinkMTU(ceiling: options.mtu)
         port = sw.addPort(name: options.id, vlan: options.vlan, mac: options.mac)
     }
 
@@ -68,10 +72,18 @@ public final class NetDevice: VirtioDevice, MigrationAnnouncer {
         if context.binding.vq.index % 2 == 0 {
             return try NetRxQueue(context: context, port: port, sw: sw, features: f)
         }
-        return NetTxQueue(binding: context.binding, port: port, sw: sw, features: f, mtu: options.mtu)
+        return NetTxQueue(binding: context.binding, port: port, sw: sw, features: f, mtu: linkMTU)
     }
 
     public func reset() { lock.withLock { acked = 0 } }
+
+    /// VHOST_USER_NET_SET_MTU: the MTU QEMU gave the guest (host_mtu), at most the export's mtu=. Frames longer
+    /// than it are dropped from then on (counted as oversized).
+    public func setHostMTU(_ mtu: UInt64) -> String? {
+        let refused = linkMTU.set(mtu)
+        log(refused ?? "guest MTU \(mtu)")
+        return refused
+    }
 
     /// VHOST_USER_SEND_RARP (after a migration): a RARP from the guest's MAC, flooded, so the switch and the
     /// peers learn where it is now. Control thread.

@@ -170,7 +170,7 @@ public final class NetTestDriver {
 
     /// VHOST_USER_SEND_RARP with `mac` (what QEMU sends after a migration); the backend's ack value.
     public func sendRARP(_ mac: [UInt8]) throws -> UInt64? {
-        try frontend.send(19, payload: mac + [0, 0], flags: 1 | VhostUserFrontend.needReply)
+        try frontend.send(VhostUserFrontend.Request.sendRARP.rawValue, payload: mac + [0, 0], flags: 1 | VhostUserFrontend.needReply)
         let r = try frontend.receive()
         return r.payload.count == 8 ? r.payload.u64(0) : nil
     }

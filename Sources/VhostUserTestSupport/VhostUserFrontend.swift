@@ -9,7 +9,7 @@ public final class VhostUserFrontend {
     public enum Request: UInt32 {
         case getFeatures = 1, setFeatures, setOwner, resetOwner, setMemTable, setLogBase, setLogFD, setVringNum,
              setVringAddr, setVringBase, getVringBase, setVringKick, setVringCall, setVringErr,
-             getProtocolFeatures, setProtocolFeatures, getQueueNum, setVringEnable
+             getProtocolFeatures, setProtocolFeatures, getQueueNum, setVringEnable, sendRARP, netSetMTU
         case getConfig = 24, setConfig = 25
         case getInflightFD = 31, setInflightFD = 32
         case resetDevice = 34

@@ -52,7 +52,7 @@ BLOG=$WORK/vdevd.log
 # shellcheck disable=SC2086
 "$VDEVD" ${VDEVD_ARGS:-} --switch "id=sw0,uplink=tap:$TAP" \
     --export "vhost-user-net,id=vmA,socket=$WORK/a.sock,switch=sw0,mac=52:54:00:0a:00:01" \
-    --export "vhost-user-net,id=vmB,socket=$WORK/b.sock,switch=sw0,mac=52:54:00:0a:00:02" \
+    --export "vhost-user-net,id=vmB,socket=$WORK/b.sock,switch=sw0,mac=52:54:00:0a:00:02,mtu=4000" \
     > "$BLOG" 2>&1 &
 BPID=$!
 for _ in $(seq 100); do [ -S "$WORK/a.sock" ] && [ -S "$WORK/b.sock" ] && break; sleep 0.1; done
@@ -129,6 +129,9 @@ GUEST
 cat > "$WORK/guest-b.sh" <<'GUEST'
 . ./guest-net.sh
 netup 169.254.10.2
+# QEMU's host_mtu=4000 reached the guest: VIRTIO_NET_F_MTU offered by vdevd, NET_SET_MTU taken (mtu=4000).
+m=$(cat /sys/class/net/$dev/mtu)
+[ "$m" = 4000 ] && ck PASS host-mtu "$dev mtu $m" || ck FAIL host-mtu "$dev mtu $m, want 4000"
 (socat -u TCP-LISTEN:5001,reuseaddr CREATE:/tmp/in.bin) &
 LPID=$!
 if waitpeer 169.254.10.1; then
@@ -160,7 +163,7 @@ T1=$(date +%s)
 "$REPO/scripts/run-guest.sh" "${rg_opts[@]}" --log "$WORK/console-a.log" "$WORK/guest-a.sh" -- $(nic "$WORK/a.sock" 52:54:00:0a:00:01 ",guest_tso4=off,guest_tso6=off,guest_csum=off") &
 GA=$!
 # shellcheck disable=SC2046
-"$REPO/scripts/run-guest.sh" "${rg_opts[@]}" --log "$WORK/console-b.log" "$WORK/guest-b.sh" -- $(nic "$WORK/b.sock" 52:54:00:0a:00:02 "") &
+"$REPO/scripts/run-guest.sh" "${rg_opts[@]}" --log "$WORK/console-b.log" "$WORK/guest-b.sh" -- $(nic "$WORK/b.sock" 52:54:00:0a:00:02 ",host_mtu=4000") &
 GB=$!
 wait $GA; ra=$?
 wait $GB; rb=$?

@@ -6,8 +6,9 @@ import XCTest
 final class NetDataPathTests: NetTestCase {
     func testOfferedFeatures() {
         let want: UInt64 = 1 << 32 | 1 << 29 | 1 << 28 | 1 << 15 | 1 << 0 | 1 << 1 | 1 << 22 | 1 << 7 | 1 << 8 | 1 << 11 | 1 << 12
+            | 1 << 3
         XCTAssertEqual(NetDevice.features, want,
-                       "VERSION_1 EVENT_IDX INDIRECT MRG_RXBUF CSUM GUEST_CSUM MQ GUEST_TSO4/6 HOST_TSO4/6, nothing else")
+                       "VERSION_1 EVENT_IDX INDIRECT MRG_RXBUF CSUM GUEST_CSUM MQ GUEST_TSO4/6 HOST_TSO4/6 MTU, nothing else")
     }
 
     func testMergeableBuffersReassemble() throws {
@@ -177,5 +178,32 @@ final class NetSegmentationTests: NetTestCase {
         ga.send(TestFrame.ethernet(dst: mac(2), src: mac(1), type: 0x88b5, payload: pattern(3000, seed: 52)))
         XCTAssertTrue(ga.waitTxDone())
         XCTAssertEqual(a.counter(.dropOversized), 1)
+    }
+
+    /// QEMU's host_mtu: with VIRTIO_NET_F_MTU and PROTOCOL_F_NET_MTU the frontend sends the MTU it gave the guest
+    /// (NET_SET_MTU); vdevd takes one up to the export's mtu=, refuses a larger one with a reason, and from then
+    /// on drops frames over the MTU taken, on rings already running.
+    func testFrontendMTUUpToTheExportsIsTakenAndEnforced() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw, options: "mtu=2000"), b = try serve("b", switch: sw)
+        let netMTU: UInt64 = 1 << 4
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | 1 << 3, extraProtocolFeatures: netMTU), gb = try guest(b)
+        XCTAssertNotEqual(try ga.frontend.getU64(.getProtocolFeatures) & netMTU, 0)
+        XCTAssertNotEqual(try ga.frontend.command(.netSetMTU, payload: ga.frontend.u64Payload(9000)), 0, "over mtu=2000")
+        XCTAssertTrue(logs.contains("NET_SET_MTU refused: MTU 9000 is outside 68...2000"), "\(logs.all.suffix(3))")
+        XCTAssertNotEqual(try ga.frontend.command(.netSetMTU, payload: ga.frontend.u64Payload(67)), 0, "under 68")
+        XCTAssertEqual(try ga.frontend.command(.netSetMTU, payload: ga.frontend.u64Payload(1400)), 0)
+        XCTAssertEqual(a.device.linkMTU.value, 1400)
+
+        gb.postRx(4)
+        // MTU plus 18 (Ethernet header and a tag's room), as for mtu= itself.
+        let fits = TestFrame.ethernet(dst: mac(2), src: mac(1), type: 0x88b5, payload: pattern(1404, seed: 60))
+        let over = TestFrame.ethernet(dst: mac(2), src: mac(1), type: 0x88b5, payload: pattern(1405, seed: 61))
+        ga.send(over)
+        ga.send(fits)
+        XCTAssertTrue(ga.waitTxDone())
+        XCTAssertEqual(gb.receive()?.frame, fits)
+        XCTAssertEqual(a.counter(.dropOversized), 1)
+        XCTAssertEqual(a.counter(.txFrames), 1)
     }
 }

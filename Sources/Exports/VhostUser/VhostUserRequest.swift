@@ -58,6 +58,7 @@ public enum VhostUserProtocolFeature {
     public static let mq: UInt64 = 1 << 0
     public static let logSHMFD: UInt64 = 1 << 1
     public static let rarp: UInt64 = 1 << 2
+    public static let netMTU: UInt64 = 1 << 4
     public static let replyAck: UInt64 = 1 << 3
     public static let mtu: UInt64 = 1 << 4
     public static let backendReq: UInt64 = 1 << 5

@@ -52,6 +52,7 @@ final class VhostUserSession {
         Self.supportedProtocolFeatures | (device.resubmitsInflight ? VhostUserProtocolFeature.inflightSHMFD : 0)
             | (device.logsDirtyPages ? VhostUserProtocolFeature.logSHMFD : 0)
             | (device is MigrationAnnouncer ? VhostUserProtocolFeature.rarp : 0)
+            | (device is HostMTUReceiver ? VhostUserProtocolFeature.netMTU : 0)
     }
     /// The device's features, LOG_ALL where it can be live-migrated, and vhost-user's own bit.
     var offeredFeatures: UInt64 {
@@ -283,6 +284,10 @@ final class VhostUserSession {
             guard let a = device as? MigrationAnnouncer, a.announce(mac: Array(m.payload.prefix(6))) else {
                 throw VhostUserError.rejected("SEND_RARP for a MAC this device does not own")
             }
+        case .netSetMTU where protocolFeatures & VhostUserProtocolFeature.netMTU != 0:
+            try expectPayload(m, 8)
+            guard let d = device as? HostMTUReceiver else { throw VhostUserError.rejected("NET_SET_MTU for a device without an MTU") }
+            if let refused = d.setHostMTU(try r.u64(0)) { throw VhostUserError.rejected("NET_SET_MTU refused: \(refused)") }
         case .setLogBase, .getInflightFD, .iotlbMsg, .sendRARP, .netSetMTU, .vringKick:
             throw VhostUserError.malformed("\(m.request) needs a feature this backend does not offer")
         default:
