@@ -20,13 +20,13 @@ public final class NetDevice: VirtioDevice, MigrationAnnouncer, HostMTUReceiver 
     private let announcement = NetFrameTable(count: 1)
     private let announcementBytes = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
 
-    /// Offered feature bits, one constant (asserted by tests). TSO both ways: a GSO frame reaches a driver that
-    /// took GUEST_TSO4/6 whole and is segmented in software for one that did not. UFO and ECN are not offered
-    /// (the switch cannot fragment UDP in software).
+    /// Offered feature bits, one constant (asserted by tests). TSO and UFO both ways: a GSO frame reaches a driver
+    /// that took GUEST_TSO4/6 or GUEST_UFO whole and is segmented (TCP) or fragmented (UDP) in software for one
+    /// that did not. ECN is not offered.
     public static let features: UInt64 = VirtioFeature.version1 | VirtioFeature.ringEventIdx
         | VirtioFeature.ringIndirectDesc | NetFeature.mrgRxbuf | NetFeature.csum | NetFeature.guestCsum
         | NetFeature.mq | NetFeature.hostTSO4 | NetFeature.hostTSO6 | NetFeature.guestTSO4 | NetFeature.guestTSO6
-        | NetFeature.mtu
+        | NetFeature.mtu | NetFeature.hostUFO | NetFeature.guestUFO
 
     public var deviceID: VirtioDeviceID { .net }
     public var offeredFeatures: UInt64 { NetDevice.features }

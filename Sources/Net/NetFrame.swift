@@ -69,3 +69,20 @@ func copyFromFrame(_ f: NetFrameRef, offset: Int, into dst: UnsafeMutableRawPoin
     }
     return done
 }
+
+/// iovecs covering frame bytes [offset, offset+length), at most `capacity`; nil if the frame is shorter or
+/// they do not fit.
+func sliceFrame(_ f: NetFrameRef, offset: Int, length: Int, into out: UnsafeMutablePointer<iovec>, capacity: Int) -> Int? {
+    var skip = offset, left = length, n = 0
+    for i in 0..<f.pointee.iovCount where left > 0 {
+        let seg = f.pointee.iov[i]
+        if skip >= seg.iov_len { skip -= seg.iov_len; continue }
+        guard n < capacity else { return nil }
+        let take = min(seg.iov_len - skip, left)
+        out[n] = iovec(iov_base: seg.iov_base! + skip, iov_len: take)
+        n += 1
+        left -= take
+        skip = 0
+    }
+    return left == 0 ? n : nil
+}

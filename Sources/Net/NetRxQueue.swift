@@ -20,7 +20,9 @@ final class NetRxQueue: QueueHandler, FDWatcher {
     let guestCsum: Bool
     let guestTSO4: Bool
     let guestTSO6: Bool
+    let guestUFO: Bool
     private let segmenter = TCPSegmenter()
+    private let fragmenter = UDPFragmenter()
     let counters: PortCounters
     var stats: QueueStats { binding.stats }
     var inflight: Int { 0 }
@@ -48,6 +50,7 @@ final class NetRxQueue: QueueHandler, FDWatcher {
         guestCsum = features & NetFeature.guestCsum != 0
         guestTSO4 = guestCsum && features & NetFeature.guestTSO4 != 0
         guestTSO6 = guestCsum && features & NetFeature.guestTSO6 != 0
+        guestUFO = guestCsum && features & NetFeature.guestUFO != 0
         counters = port.counters
         endpoint = try RxEndpoint()
         chains = .allocate(capacity: NetRxQueue.maxChains)
@@ -101,16 +104,19 @@ final class NetRxQueue: QueueHandler, FDWatcher {
         deliveredBytes = 0
     }
 
-    /// A GSO frame goes as it is to a driver that takes it (5.1.6.4: GUEST_TSO4/6), cut into MSS-sized frames
-    /// for one that does not.
+    /// A GSO frame goes as it is to a driver that takes it (5.1.6.4: GUEST_TSO4/6, GUEST_UFO), cut into MSS-sized
+    /// TCP segments or IP fragments for one that does not.
     @inline(__always)
     private func deliverOrSegment(_ f: NetFrameRef) throws {
         let gso = f.pointee.header.gsoType & ~NetHeader.gsoECN
-        if gso == NetHeader.gsoNone || (gso == NetHeader.gsoTCPv4 && guestTSO4) || (gso == NetHeader.gsoTCPv6 && guestTSO6) {
+        if gso == NetHeader.gsoNone || (gso == NetHeader.gsoTCPv4 && guestTSO4) || (gso == NetHeader.gsoTCPv6 && guestTSO6)
+            || (gso == NetHeader.gsoUDP && guestUFO) {
             return try deliver(f)
         }
         counters.add(.segmented)
-        if try !segmenter.segment(f, { try deliver($0) }) { counters.add(.dropUnsegmentable) }
+        let done = gso == NetHeader.gsoUDP ? try fragmenter.fragment(f, { try deliver($0) })
+                                           : try segmenter.segment(f, { try deliver($0) })
+        if !done { counters.add(.dropUnsegmentable) }
     }
 
     /// Copies one frame into as many rx buffers as it needs (one without MRG_RXBUF).

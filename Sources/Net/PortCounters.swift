@@ -14,8 +14,8 @@ public final class PortCounters {
         /// Dropped on the way to this port: no rx buffers posted, rx buffers too small without MRG_RXBUF,
         /// its backlog full, no rx queue running.
         case dropNoRxBuffers, dropRxTooSmall, dropBacklog, dropNoQueue
-        /// GSO frames cut into segments in software for this port (its driver did not take them whole), and ones
-        /// that could not be (not plain TCP over IPv4/IPv6).
+        /// GSO frames cut into TCP segments or IP fragments in software for this port (its driver did not take them
+        /// whole), and ones that could not be (not plain TCP or UDP over IPv4/IPv6).
         case segmented, dropUnsegmentable
     }
     private let storage = UnsafeMutablePointer<UInt64>.allocate(capacity: Counter.allCases.count)

@@ -82,7 +82,7 @@ final class TCPSegmenter {
             put16(l4 + 16, 0)
             // The segment: rebuilt headers, then its slice of the sender's payload.
             s.pointee.iov[0] = iovec(iov_base: h, iov_len: hdrs)
-            guard let k = slice(f, offset: hdrs + off, length: n, into: s.pointee.iov + 1, capacity: NetFrame.maxSegments - 1) else {
+            guard let k = sliceFrame(f, offset: hdrs + off, length: n, into: s.pointee.iov + 1, capacity: NetFrame.maxSegments - 1) else {
                 return false
             }
             s.pointee.iovCount = 1 + k
@@ -106,21 +106,5 @@ final class TCPSegmenter {
             i += 1
         }
         return true
-    }
-
-    /// iovecs covering frame bytes [offset, offset+length).
-    private func slice(_ f: NetFrameRef, offset: Int, length: Int, into out: UnsafeMutablePointer<iovec>, capacity: Int) -> Int? {
-        var skip = offset, left = length, n = 0
-        for i in 0..<f.pointee.iovCount where left > 0 {
-            let seg = f.pointee.iov[i]
-            if skip >= seg.iov_len { skip -= seg.iov_len; continue }
-            guard n < capacity else { return nil }
-            let take = min(seg.iov_len - skip, left)
-            out[n] = iovec(iov_base: seg.iov_base! + skip, iov_len: take)
-            n += 1
-            left -= take
-            skip = 0
-        }
-        return left == 0 ? n : nil
     }
 }

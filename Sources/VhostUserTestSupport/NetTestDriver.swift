@@ -14,6 +14,8 @@ public final class NetTestDriver {
     public static let fGuestTSO6: UInt64 = 1 << 8
     public static let fHostTSO4: UInt64 = 1 << 11
     public static let fHostTSO6: UInt64 = 1 << 12
+    public static let fGuestUFO: UInt64 = 1 << 10
+    public static let fHostUFO: UInt64 = 1 << 14
     public static let fMrgRxbuf: UInt64 = 1 << 15
     public static let fMQ: UInt64 = 1 << 22
     public static let fVersion1: UInt64 = 1 << 32

@@ -6,9 +6,9 @@ import XCTest
 final class NetDataPathTests: NetTestCase {
     func testOfferedFeatures() {
         let want: UInt64 = 1 << 32 | 1 << 29 | 1 << 28 | 1 << 15 | 1 << 0 | 1 << 1 | 1 << 22 | 1 << 7 | 1 << 8 | 1 << 11 | 1 << 12
-            | 1 << 3
+            | 1 << 3 | 1 << 10 | 1 << 14
         XCTAssertEqual(NetDevice.features, want,
-                       "VERSION_1 EVENT_IDX INDIRECT MRG_RXBUF CSUM GUEST_CSUM MQ GUEST_TSO4/6 HOST_TSO4/6 MTU, nothing else")
+                       "VERSION_1 EVENT_IDX INDIRECT MRG_RXBUF CSUM GUEST_CSUM MQ GUEST_TSO4/6 HOST_TSO4/6 MTU GUEST/HOST_UFO, nothing else")
     }
 
     func testMergeableBuffersReassemble() throws {
@@ -169,6 +169,103 @@ final class NetSegmentationTests: NetTestCase {
         XCTAssertEqual(joined, payload)
         XCTAssertEqual(b.counter(.segmented), 1)
         XCTAssertEqual(b.counter(.rxFrames), 4)
+    }
+
+    /// A UFO datagram (IPv4, DF clear) from a driver with HOST_UFO.
+    func ufoFrame(_ payload: [UInt8]) -> [UInt8] {
+        var f = TestFrame.udpPartial(dst: mac(2), src: mac(1), payload: payload)
+        f[20] = 0   // DF off: the datagram may be fragmented
+        var ip = Array(f[14..<34])
+        ip[10] = 0; ip[11] = 0
+        let s = TestFrame.fold(TestFrame.sum16(ip))
+        f[24] = UInt8(s >> 8); f[25] = UInt8(s & 0xff)
+        return f
+    }
+
+    func testUFODatagramIsPassedWholeToAReceiverWithGuestUFO() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum | NetTestDriver.fHostUFO)
+        let gb = try guest(b, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fGuestCsum | NetTestDriver.fGuestUFO)
+        gb.postRx(16, size: 1536)
+        let frame = ufoFrame(pattern(4000, seed: 70))
+        ga.send(frame, header: .init(flags: 1, gsoType: 3, hdrLen: 42, gsoSize: 1480, csumStart: 34, csumOffset: 6))
+        let got = try XCTUnwrap(gb.receive())
+        XCTAssertEqual(got.frame, frame)
+        XCTAssertEqual(got.header.gsoType, 3)
+        XCTAssertEqual(got.header.gsoSize, 1480)
+        XCTAssertEqual(got.header.flags, 1)
+        XCTAssertEqual(b.counter(.segmented), 0)
+    }
+
+    func testUFODatagramIsFragmentedForAReceiverWithout() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum | NetTestDriver.fHostUFO)
+        let gb = try guest(b, features: NetTestDriver.fMrgRxbuf)
+        gb.postRx(16)
+        let payload = pattern(3000, seed: 71)
+        let frame = ufoFrame(payload)
+        // gso_size 1483: fragments carry 1480 bytes (a multiple of 8) but the last.
+        ga.send(frame, header: .init(flags: 1, gsoType: 3, hdrLen: 42, gsoSize: 1483, csumStart: 34, csumOffset: 6), split: true)
+        var datagram: [UInt8] = []
+        for i in 0..<3 {
+            let f = try XCTUnwrap(gb.receive(), "fragment \(i)").frame
+            let ip = Array(f[14..<34])
+            XCTAssertEqual(TestFrame.fold(TestFrame.sum16(ip)), 0, "fragment \(i): IPv4 header checksum")
+            XCTAssertEqual(Int(ip[2]) << 8 | Int(ip[3]), f.count - 14, "fragment \(i): total length")
+            XCTAssertEqual(Array(ip[4..<6]), [0, 1], "the datagram's id on every fragment")
+            let fragField = Int(ip[6]) << 8 | Int(ip[7])
+            XCTAssertEqual(fragField & 0x1fff, 1480 * i / 8, "fragment \(i): offset")
+            XCTAssertEqual(fragField & 0x2000 != 0, i < 2, "fragment \(i): more fragments")
+            XCTAssertEqual(f.count - 34, i < 2 ? 1480 : 3008 - 2960)
+            XCTAssertEqual(Array(f[0..<14]), Array(frame[0..<14]))
+            datagram += f[34...]
+        }
+        XCTAssertEqual(Array(datagram[8...]), payload)
+        XCTAssertTrue(TestFrame.udpChecksumValid(Array(frame[0..<34]) + datagram), "UDP checksum completed over the datagram")
+        XCTAssertEqual(b.counter(.segmented), 1)
+        XCTAssertEqual(b.counter(.rxFrames), 3)
+        // DF set: the datagram cannot be fragmented, and is dropped and counted.
+        ga.send(TestFrame.udpPartial(dst: mac(2), src: mac(1), payload: payload),
+                header: .init(flags: 1, gsoType: 3, hdrLen: 42, gsoSize: 1480, csumStart: 34, csumOffset: 6))
+        XCTAssertTrue(ga.waitTxDone())
+        XCTAssertTrue(eventually { b.counter(.dropUnsegmentable) == 1 })
+    }
+
+    func testIPv6UFODatagramIsFragmentedWithAFragmentHeader() throws {
+        let sw = makeSwitch()
+        let a = try serve("a", switch: sw), b = try serve("b", switch: sw)
+        let ga = try guest(a, features: NetTestDriver.fMrgRxbuf | NetTestDriver.fCsum | NetTestDriver.fHostUFO)
+        let gb = try guest(b, features: NetTestDriver.fMrgRxbuf)
+        gb.postRx(16)
+        let payload = pattern(2500, seed: 72)
+        let src: [UInt8] = [0xfe, 0x80] + Array(repeating: 0, count: 13) + [1]
+        let dst: [UInt8] = [0xfe, 0x80] + Array(repeating: 0, count: 13) + [2]
+        let udpLen = 8 + payload.count
+        let pseudo = TestFrame.sum16(src + dst + [0, 0, UInt8(udpLen >> 8), UInt8(udpLen & 0xff), 0, 0, 0, 17])
+        var p = pseudo
+        while p >> 16 != 0 { p = (p & 0xffff) + (p >> 16) }
+        let ip6: [UInt8] = [0x60, 0, 0, 0, UInt8(udpLen >> 8), UInt8(udpLen & 0xff), 17, 64] + src + dst
+        let udp: [UInt8] = [0x30, 0x39, 0x30, 0x3a, UInt8(udpLen >> 8), UInt8(udpLen & 0xff), UInt8(p >> 8), UInt8(p & 0xff)]
+        let frame = TestFrame.ethernet(dst: mac(2), src: mac(1), type: 0x86dd, payload: ip6 + udp + payload)
+        ga.send(frame, header: .init(flags: 1, gsoType: 3, hdrLen: 62, gsoSize: 1448, csumStart: 54, csumOffset: 6))
+        var datagram: [UInt8] = []
+        var id: [UInt8]?
+        for i in 0..<2 {
+            let f = try XCTUnwrap(gb.receive(), "fragment \(i)").frame
+            XCTAssertEqual(f[20], 44, "next header: fragment")
+            XCTAssertEqual(Int(f[18]) << 8 | Int(f[19]), f.count - 54, "payload length counts the fragment header")
+            XCTAssertEqual(f[54], 17, "the fragment header's next header: UDP")
+            let field = Int(f[56]) << 8 | Int(f[57])
+            XCTAssertEqual(field >> 3, 1448 * i / 8, "fragment \(i): offset")
+            XCTAssertEqual(field & 1 != 0, i == 0, "fragment \(i): more fragments")
+            if let id { XCTAssertEqual(Array(f[58..<62]), id, "one id for the datagram") } else { id = Array(f[58..<62]) }
+            datagram += f[62...]
+        }
+        XCTAssertEqual(datagram.count, udpLen)
+        XCTAssertEqual(Array(datagram[8...]), payload)
+        XCTAssertEqual(TestFrame.fold(pseudo + TestFrame.sum16(datagram)), 0, "UDP checksum completed")
     }
 
     func testNonGSOFrameOverTheMTUIsOversizedEvenWithTSO() throws {
