@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CVdevd
+import Virtio
 
 /// A frame inside the switch: where its bytes are (the sender's guest memory or an uplink buffer), its offload
 /// header, and how many receivers still have to copy it. The sender owns it and may reuse it once `refs` is 0;
@@ -72,17 +73,14 @@ func copyFromFrame(_ f: NetFrameRef, offset: Int, into dst: UnsafeMutableRawPoin
 
 /// iovecs covering frame bytes [offset, offset+length), at most `capacity`; nil if the frame is shorter or
 /// they do not fit.
+@inline(__always)
 func sliceFrame(_ f: NetFrameRef, offset: Int, length: Int, into out: UnsafeMutablePointer<iovec>, capacity: Int) -> Int? {
-    var skip = offset, left = length, n = 0
-    for i in 0..<f.pointee.iovCount where left > 0 {
-        let seg = f.pointee.iov[i]
-        if skip >= seg.iov_len { skip -= seg.iov_len; continue }
-        guard n < capacity else { return nil }
-        let take = min(seg.iov_len - skip, left)
-        out[n] = iovec(iov_base: seg.iov_base! + skip, iov_len: take)
-        n += 1
-        left -= take
-        skip = 0
-    }
-    return left == 0 ? n : nil
+    sliceIOVs(f.pointee.iov, count: f.pointee.iovCount, offset: offset, length: length, into: out, capacity: capacity)
+}
+
+/// Stores a 16-bit value big-endian (network order) at p + offset, unaligned.
+@inline(__always)
+func storeBE16(_ p: UnsafeMutableRawPointer, _ offset: Int, _ v: Int) {
+    p.storeBytes(of: UInt8(truncatingIfNeeded: v >> 8), toByteOffset: offset, as: UInt8.self)
+    p.storeBytes(of: UInt8(truncatingIfNeeded: v), toByteOffset: offset + 1, as: UInt8.self)
 }

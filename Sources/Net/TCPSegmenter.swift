@@ -58,28 +58,24 @@ final class TCPSegmenter {
             let last = off + n == payload
             headers.copyMemory(from: original, byteCount: hdrs)
             let h = headers
-            func put16(_ o: Int, _ v: Int) {
-                h.storeBytes(of: UInt8(truncatingIfNeeded: v >> 8), toByteOffset: o, as: UInt8.self)
-                h.storeBytes(of: UInt8(truncatingIfNeeded: v), toByteOffset: o + 1, as: UInt8.self)
-            }
             if v4 {
-                put16(16, hdrs - 14 + n)
-                put16(18, (id0 + i) & 0xffff)
-                put16(24, 0)
+                storeBE16(h, 16, hdrs - 14 + n)
+                storeBE16(h, 18, (id0 + i) & 0xffff)
+                storeBE16(h, 24, 0)
                 var c = InternetChecksum()
                 c.add(h + 14, l4 - 14)
-                put16(24, Int(c.result))
+                storeBE16(h, 24, Int(c.result))
             } else {
-                put16(18, hdrs - 54 + n)
+                storeBE16(h, 18, hdrs - 54 + n)
             }
             let seq = seq0 &+ UInt32(off)
-            put16(l4 + 4, Int(seq >> 16))
-            put16(l4 + 6, Int(seq & 0xffff))
+            storeBE16(h, l4 + 4, Int(seq >> 16))
+            storeBE16(h, l4 + 6, Int(seq & 0xffff))
             var fl = flags0
             if !last { fl &= ~0x09 }      // FIN, PSH
             if i > 0 { fl &= ~0x80 }      // CWR
             h.storeBytes(of: UInt8(fl), toByteOffset: l4 + 13, as: UInt8.self)
-            put16(l4 + 16, 0)
+            storeBE16(h, l4 + 16, 0)
             // The segment: rebuilt headers, then its slice of the sender's payload.
             s.pointee.iov[0] = iovec(iov_base: h, iov_len: hdrs)
             guard let k = sliceFrame(f, offset: hdrs + off, length: n, into: s.pointee.iov + 1, capacity: NetFrame.maxSegments - 1) else {
@@ -100,7 +96,7 @@ final class TCPSegmenter {
             }
             c.add(h + l4, doff)
             c.add(frame: s, from: hdrs, count: n)
-            put16(l4 + 16, Int(c.result))
+            storeBE16(h, l4 + 16, Int(c.result))
             try deliver(s)
             off += n
             i += 1

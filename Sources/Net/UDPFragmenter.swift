@@ -57,8 +57,7 @@ final class UDPFragmenter {
         c.add(frame: f, from: l4)
         let sum = c.result == 0 ? 0xffff : c.result
         udp.copyMemory(from: original + l4, byteCount: 8)
-        udp.storeBytes(of: UInt8(sum >> 8), toByteOffset: 6, as: UInt8.self)
-        udp.storeBytes(of: UInt8(sum & 0xff), toByteOffset: 7, as: UInt8.self)
+        storeBE16(udp, 6, Int(sum))
 
         // Fragments of the IP payload (UDP header and data), `per` bytes each but the last.
         let payload = length - l4
@@ -72,26 +71,22 @@ final class UDPFragmenter {
             let more = off + n < payload
             headers.copyMemory(from: original, byteCount: l4)
             let o = headers
-            func put16(_ at: Int, _ v: Int) {
-                o.storeBytes(of: UInt8(truncatingIfNeeded: v >> 8), toByteOffset: at, as: UInt8.self)
-                o.storeBytes(of: UInt8(truncatingIfNeeded: v), toByteOffset: at + 1, as: UInt8.self)
-            }
             if v4 {
-                put16(16, 20 + n)
-                put16(20, (off >> 3) | (more ? 0x2000 : 0))
-                put16(24, 0)
+                storeBE16(o, 16, 20 + n)
+                storeBE16(o, 20, (off >> 3) | (more ? 0x2000 : 0))
+                storeBE16(o, 24, 0)
                 var ck = InternetChecksum()
                 ck.add(o + 14, 20)
-                put16(24, Int(ck.result))
+                storeBE16(o, 24, Int(ck.result))
             } else {
                 // RFC 8200, 4.5: the fragment header follows the IPv6 header; next header moves into it.
-                put16(18, 8 + n)
+                storeBE16(o, 18, 8 + n)
                 o.storeBytes(of: UInt8(44), toByteOffset: 20, as: UInt8.self)
                 o.storeBytes(of: UInt8(17), toByteOffset: l4, as: UInt8.self)
                 o.storeBytes(of: UInt8(0), toByteOffset: l4 + 1, as: UInt8.self)
-                put16(l4 + 2, off | (more ? 1 : 0))
-                put16(l4 + 4, Int(id >> 16))
-                put16(l4 + 6, Int(id & 0xffff))
+                storeBE16(o, l4 + 2, off | (more ? 1 : 0))
+                storeBE16(o, l4 + 4, Int(id >> 16))
+                storeBE16(o, l4 + 6, Int(id & 0xffff))
             }
             s.pointee.iov[0] = iovec(iov_base: o, iov_len: hdrs)
             var k = 1

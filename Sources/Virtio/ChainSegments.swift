@@ -82,25 +82,31 @@ public struct ChainSegments {
     /// Returns the number of iovecs written, or nil if the area is too short or `out` too small.
     public func slice(writable: Bool, offset: Int, length: Int, into out: UnsafeMutablePointer<iovec>,
                       outCapacity: Int) -> Int? {
-        var skip = offset
-        var remaining = length
-        var n = 0
-        var i = writable ? readableCount : 0
-        let end = writable ? count : readableCount
-        while i < end && remaining > 0 {
-            let seg = iov[i]
-            if skip >= seg.iov_len {
-                skip -= seg.iov_len
-            } else {
-                guard n < outCapacity else { return nil }
-                let take = min(seg.iov_len - skip, remaining)
-                out[n] = iovec(iov_base: seg.iov_base! + skip, iov_len: take)
-                n += 1
-                remaining -= take
-                skip = 0
-            }
-            i += 1
-        }
-        return remaining == 0 ? n : nil
+        let first = writable ? readableCount : 0
+        return sliceIOVs(iov + first, count: (writable ? count : readableCount) - first, offset: offset,
+                         length: length, into: out, capacity: outCapacity)
     }
+}
+
+/// Fills `out` with iovecs covering bytes [offset, offset+length) of the `count` iovecs at `iov`. Returns the
+/// number written, or nil if they hold fewer bytes or `out` is too small.
+@inline(__always)
+public func sliceIOVs(_ iov: UnsafePointer<iovec>, count: Int, offset: Int, length: Int,
+                      into out: UnsafeMutablePointer<iovec>, capacity: Int) -> Int? {
+    var skip = offset, remaining = length, n = 0, i = 0
+    while i < count && remaining > 0 {
+        let seg = iov[i]
+        if skip >= seg.iov_len {
+            skip -= seg.iov_len
+        } else {
+            guard n < capacity else { return nil }
+            let take = min(seg.iov_len - skip, remaining)
+            out[n] = iovec(iov_base: seg.iov_base! + skip, iov_len: take)
+            n += 1
+            remaining -= take
+            skip = 0
+        }
+        i += 1
+    }
+    return remaining == 0 ? n : nil
 }
