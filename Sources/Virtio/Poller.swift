@@ -341,6 +341,8 @@ public final class Poller {
             i += 1
             if a.paused { continue }
             if enabled { a.binding.vq.enableNotifications() } else { a.binding.vq.disableNotifications() }
+            // Those are writes to the used ring too (avail_event, or its flags): a migration must carry them.
+            a.binding.logUsedRing()
         }
     }
 

@@ -39,14 +39,18 @@ public final class QueueBinding {
         guard unpublished > 0 else { return }
         unpublished = 0
         vq.publishUsed()
-        if let dirtyLog, let usedLogAddress {
-            // The whole used ring: its flags, idx, elements and avail_event (a page or two).
-            dirtyLog.mark(gpa: usedLogAddress, length: 6 + 8 * UInt64(vq.size))
-        }
+        logUsedRing()
         if vq.needsInterrupt(), let call {
             call.signal()
             stats.add(.notifications)
         }
+    }
+
+    /// While migrating, marks the whole used ring dirty (its flags, idx, elements and avail_event: a page or two),
+    /// after the device wrote any of it: used entries, or the notification fields before the poller sleeps.
+    @inline(__always)
+    public func logUsedRing() {
+        if let dirtyLog, let usedLogAddress { dirtyLog.mark(gpa: usedLogAddress, length: 6 + 8 * UInt64(vq.size)) }
     }
 
     /// Poller-thread only: a new call fd from the frontend (SET_VRING_CALL on a running ring).
