@@ -100,7 +100,7 @@ final class DeviceSession {
     func startQueueIfReady(_ i: Int) throws {
         let q = queues[i]
         guard q.running == nil, q.enabled, q.kickSet, let addr = q.addresses, q.num > 0,
-              !memory.regions.isEmpty else { return }
+              !memory.regions.isEmpty || memory.faulter != nil else { return }
         let vq: SplitVirtqueue
         do {
             vq = try SplitVirtqueue(index: i, size: q.num, addresses: addr, memory: memory,

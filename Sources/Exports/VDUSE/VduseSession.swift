@@ -1,0 +1,138 @@
+import Logging
+import Virtio
+
+/// A VDUSE device's side of the driver's life: turns the kernel's requests (SET_STATUS, GET_VQ_STATE,
+/// UPDATE_IOTLB) into device-session calls. Runs on the export's control thread; never on a poller.
+final class VduseSession {
+    let session: DeviceSession
+    let kernel: VduseDeviceKernel
+    let iotlb: VduseIOTLB
+    var logger: Logger
+    private(set) var status: UInt8 = 0
+    /// Requests answered FAILED (unknown type, bad queue index, a queue that could not start).
+    private(set) var failedRequests = 0
+    /// The kick eventfd of each queue while the driver runs (VDUSE_VQ_SETUP_KICKFD).
+    private var kicks: [EventFD?]
+
+    /// Transport bits the driver accepts that the device model does not know.
+    static let transportFeatures: UInt64 = VirtioFeature.accessPlatform
+
+    init(session: DeviceSession, kernel: VduseDeviceKernel, logger: Logger) {
+        self.session = session
+        self.kernel = kernel
+        self.logger = logger
+        iotlb = VduseIOTLB(kernel: kernel)
+        kicks = Array(repeating: nil, count: session.queues.count)
+    }
+
+    /// Reads one request and answers it. Throws only when the device file fails (the export then stops serving).
+    func serveOne() throws {
+        let r = try kernel.readRequest()
+        let response = handle(r)
+        if !response.ok { failedRequests += 1 }
+        try kernel.respond(response)
+    }
+
+    func handle(_ r: VduseRequest) -> VduseResponse {
+        logger.trace("\(r.kind) id=\(r.id)")
+        switch r.kind {
+        case .getVQState:
+            guard Int(r.queue) < session.queues.count else {
+                logger.warning("GET_VQ_STATE for queue \(r.queue): the device has \(session.queues.count)")
+                return VduseResponse(id: r.id, ok: false)
+            }
+            let i = Int(r.queue)
+            // A running queue is stopped first: the state asked for is where the device will resume.
+            session.stopQueue(i)
+            return VduseResponse(id: r.id, ok: true, queue: r.queue, availIndex: session.queues[i].base)
+        case .setStatus:
+            return VduseResponse(id: r.id, ok: setStatus(r.status))
+        case .updateIOTLB:
+            guard r.iovaStart <= r.iovaLast else {
+                logger.warning("UPDATE_IOTLB with an empty range [0x\(String(r.iovaStart, radix: 16)), 0x\(String(r.iovaLast, radix: 16))]")
+                return VduseResponse(id: r.id, ok: false)
+            }
+            let n = iotlb.invalidate(start: r.iovaStart, last: r.iovaLast)
+            // Running queues move to a table without those mappings before the kernel hears back; each poller keeps
+            // the old ones until the requests using them complete.
+            if n > 0 && session.anyRunning {
+                do { try session.installMemory(iotlb.table(), startReady: false) } catch {
+                    logger.error("UPDATE_IOTLB: \(error)")
+                }
+            }
+            logger.debug("UPDATE_IOTLB [0x\(String(r.iovaStart, radix: 16)), 0x\(String(r.iovaLast, radix: 16))]: \(n) mapping(s) dropped")
+            return VduseResponse(id: r.id, ok: true)
+        default:
+            logger.warning("unknown VDUSE request type \(r.kind.rawValue): answered FAILED")
+            return VduseResponse(id: r.id, ok: false)
+        }
+    }
+
+    /// virtio 1.3, 3.1.1: the driver sets DRIVER_OK once its queues are set up; 0 resets the device.
+    private func setStatus(_ s: UInt8) -> Bool {
+        let was = status
+        status = s
+        logger.debug("status 0x\(String(s, radix: 16))")
+        if s == 0 {
+            if was != 0 { reset() }
+            return true
+        }
+        let driverOK = s & VirtioStatus.driverOK != 0
+        if driverOK && was & VirtioStatus.driverOK == 0 { return start() }
+        if !driverOK && was & VirtioStatus.driverOK != 0 { stopQueues() }
+        return true
+    }
+
+    /// DRIVER_OK: the driver's features, each ready queue's addresses (VDUSE_VQ_GET_INFO), a kick eventfd each,
+    /// and the queues start on pollers. False (the driver sees the status refused) if any queue cannot start.
+    private func start() -> Bool {
+        do {
+            let f = try kernel.driverFeatures()
+            session.features = f
+            session.device.featuresAcked(f & ~Self.transportFeatures)
+            try session.installMemory(iotlb.table(), startReady: false)
+            for i in session.queues.indices {
+                let info = try kernel.queueInfo(i)
+                guard info.ready else { continue }
+                guard info.num > 0, info.num <= session.device.maxQueueSize, info.num & (info.num - 1) == 0 else {
+                    throw DeviceSessionError("queue \(i) size \(info.num) (must be a power of two up to \(session.device.maxQueueSize))")
+                }
+                let kick = try EventFD()
+                try kernel.setKick(i, kick)
+                kicks[i] = kick
+                session.queues[i].num = info.num
+                session.queues[i].base = info.availIndex
+                session.queues[i].addresses = VringAddresses(descriptorTable: info.descriptorTable, availRing: info.driverArea,
+                                                             usedRing: info.deviceArea, guestPhysical: true)
+                session.queues[i].kick = kick
+                session.queues[i].kickSet = true
+                session.queues[i].interrupt = kernel.interrupt(i)
+                session.queues[i].enabled = true
+                try session.startQueueIfReady(i)
+            }
+            logger.info("driver ready: features 0x\(String(f, radix: 16)), \(session.queues.filter { $0.running != nil }.count) queue(s) running, \(iotlb.count) IOTLB mapping(s)")
+            return true
+        } catch {
+            logger.error("cannot start the device: \(error)\(iotlb.lastFailure.map { " (\($0))" } ?? "")")
+            stopQueues()
+            return false
+        }
+    }
+
+    private func stopQueues() {
+        session.stopAllQueues()
+        for i in kicks.indices where kicks[i] != nil {
+            try? kernel.setKick(i, nil)
+            kicks[i] = nil
+        }
+    }
+
+    /// Device reset: queues stop and forget their state, mappings go.
+    func reset() {
+        stopQueues()
+        session.reset()
+        session.dropMemory()
+        iotlb.clear()
+        status = 0
+    }
+}
