@@ -16,6 +16,8 @@
 #   fio --verify (libaio, direct) passes, on 2 queues (both carry requests); an fsync of the device is a flush
 #   (write back without CONFIG_WCE)
 #   the read-only device is read-only, refuses a write, and its file is unchanged
+#   restart: vdevd killed (SIGKILL) under fio --verify and started again takes the attached devices over; fio
+#   completes with verification passing
 #   vdpa dev del removes the block device; `vdevctl remove` then removes /dev/vduse/vd0 (VDUSE_DESTROY_DEV)
 #   vdevd exits 0 on SIGTERM and leaves no /dev/vduse device behind
 set -u -o pipefail
@@ -96,7 +98,8 @@ ck() {
 info() { echo "INFO $*"; }
 fio() { $HOSTRUN /host/usr/bin/fio "$@"; }
 vdpa() { $HOSTRUN $VDPA "$@"; }
-vdevctl() { $HOSTRUN $VDEVCTL --socket /tmp/mgmt.sock "$@"; }
+MGMT=/tmp/mgmt.sock
+vdevctl() { $HOSTRUN $VDEVCTL --socket $MGMT "$@"; }
 # The block device virtio_vdpa made for VDUSE device $1 (vdX), or nothing.
 blkdev() { ls /sys/bus/vdpa/devices/$1/virtio*/block 2>/dev/null | head -n1; }
 wait_for() {  # wait_for TENTHS COMMAND...: until COMMAND succeeds
@@ -106,6 +109,7 @@ wait_for() {  # wait_for TENTHS COMMAND...: until COMMAND succeeds
 }
 finish() {
     [ -n "${VPID:-}" ] && kill -0 $VPID 2>/dev/null && { kill $VPID; sleep 1; }
+    echo "---- vdevd log (first process) ----"; cat /tmp/vdevd-first.log 2>/dev/null | tail -n 30
     echo "---- vdevd log ----"; cat /tmp/vdevd.log 2>/dev/null | tail -n 60
     if [ -z "$FAILS" ]; then echo "GUEST-RESULT: PASS"; else echo "GUEST-RESULT: FAIL$FAILS"; fi
     exit 0
@@ -171,6 +175,40 @@ rc=$?
 grep -E 'read:|write:|err=' /tmp/fio.out | sed 's/^/  fio: /'
 if [ $rc = 0 ] && grep -q 'err= 0' /tmp/fio.out; then ck PASS fio-verify "randrw libaio 2x4 MiB"; else
     cat /tmp/fio.err /tmp/fio.out | tail -n 20 | sed 's/^/  fio: /'; ck FAIL fio-verify "fio rc=$rc"; fi
+
+# Restart: vdevd is killed (SIGKILL) under fio --verify and started again with the same exports. The devices stay
+# attached; the new vdevd takes them over, resubmits what the old one had in flight, and fio sees a pause.
+start_vdevd() {  # start_vdevd MGMT_SOCKET LOG
+    $HOSTRUN $VDEVD --management-socket $1 --poll-us 0 \
+        --export "vduse-blk,id=disk0,name=vd0,path=/tmp/disk.img,num-queues=2" \
+        --export "vduse-blk,id=ro0,name=vr0,path=/tmp/ro.img,readonly=on" > $2 2>&1 &
+    VPID=$!
+}
+fio --name=restart --filename=/dev/$D --direct=1 --ioengine=libaio --iodepth=16 --rw=randwrite --bs=4k \
+    --offset=$((24 * MiB)) --size=$((16 * MiB)) --numjobs=2 --offset_increment=$((16 * MiB)) \
+    --cpus_allowed=0-1 --cpus_allowed_policy=split --verify=crc32c --verify_fatal=1 --do_verify=1 \
+    --thread --group_reporting --output=/tmp/fio2.out > /tmp/fio2.err 2>&1 &
+FPID=$!
+# Kill once fio's writes are flowing (fio itself takes a while to load over 9p): 1000 more completed writes.
+w0=$(awk '{print $5}' /sys/block/$D/stat)
+writes_flowing() { [ $(($(awk '{print $5}' /sys/block/$D/stat) - w0)) -ge 1000 ]; }
+wait_for 600 writes_flowing || info "fio's writes did not reach 1000 within 60 s"
+info "killing vdevd after $(($(awk '{print $5}' /sys/block/$D/stat) - w0)) writes of the restart fio, $(awk '{print $9}' /sys/block/$D/stat) requests in flight"
+kill -9 $VPID
+wait $VPID 2>/dev/null
+cat /tmp/vdevd.log >> /tmp/vdevd-first.log
+sleep 1
+if kill -0 $FPID 2>/dev/null; then info "fio still running with vdevd dead (its I/O waits)"; else info "fio had finished before the kill"; fi
+start_vdevd /tmp/mgmt2.sock /tmp/vdevd.log
+wait $FPID
+rc=$?
+grep -E 'write:|read:|err=' /tmp/fio2.out | sed 's/^/  fio: /'
+if [ $rc = 0 ] && grep -q 'err= 0' /tmp/fio2.out; then ck PASS restart-fio-verify "vdevd killed under fio randwrite+verify and restarted"; else
+    cat /tmp/fio2.err /tmp/fio2.out | tail -n 20 | sed 's/^/  fio: /'; ck FAIL restart-fio-verify "fio rc=$rc"; fi
+grep -q "taking it over" /tmp/vdevd.log && ck PASS restart-takeover "$(grep -o 'taking over a running device.*' /tmp/vdevd.log | head -n1)" \
+    || ck FAIL restart-takeover "the new vdevd did not take the device over"
+info "restart: $(grep -o 'resubmitting [0-9]* request(s)' /tmp/vdevd.log | tr '\n' ' ')"
+MGMT=/tmp/mgmt2.sock
 
 # No CONFIG_WCE through VDUSE: the driver sees FLUSH, so the disk is write back, and an fsync of the device
 # sends a flush (the 16th field of stat counts them).

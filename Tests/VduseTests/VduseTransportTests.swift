@@ -60,13 +60,14 @@ final class VduseTransportTests: XCTestCase {
         super.tearDown()
     }
 
-    func serve(readonly: Bool = false) throws -> VduseExport {
+    func serve(readonly: Bool = false, inflight: InflightMemory? = nil, takingOver: Bool = false) throws -> VduseExport {
         var o = BlkOptions(id: "v0", path: image)
         o.readonly = readonly
         let device = try BlkDevice(options: o)
         let store = logs
-        let e = try VduseExport(id: "v0", name: "fake0", device: device, kernel: kernel, pollers: pollers,
-                                preferredPoller: nil, logger: Logger(label: "vduse-test") { _ in CaptureLogHandler(store: store) })
+        let e = try VduseExport(id: "v0", name: "fake0", device: device, kernel: kernel, inflight: inflight,
+                                takingOver: takingOver, pollers: pollers, preferredPoller: nil,
+                                logger: Logger(label: "vduse-test") { _ in CaptureLogHandler(store: store) })
         // What the driver accepts: everything offered but EVENT_IDX (the test driver does not use it).
         kernel.features = VduseExport.offeredFeatures(device, refused: BlkFeature.configWCE) & ~VirtioFeature.ringEventIdx
         e.start()
@@ -196,6 +197,60 @@ final class VduseTransportTests: XCTestCase {
         XCTAssertFalse(e.snapshot.connected)
         // The kick fd is deassigned: the kernel no longer signals a queue that is gone.
         XCTAssertNil(kernel.kickFD(0))
+    }
+
+    /// Submits a write without waiting for it (no backend may be serving); returns where its status byte is.
+    func submitWrite(sector: UInt64, data: [UInt8]) -> UInt64 {
+        let at = ram.allocate(UInt64(16 + data.count + 1), alignment: 512)
+        var hdr = [UInt8]()
+        withUnsafeBytes(of: UInt32(1).littleEndian) { hdr += $0 }
+        hdr += [0, 0, 0, 0]
+        withUnsafeBytes(of: sector.littleEndian) { hdr += $0 }
+        ram.write(at, hdr)
+        ram.write(at + 16, data)
+        ram.write(at + 16 + UInt64(data.count), [0xff])
+        _ = driver.add([.init(gpa: at, length: 16, writable: false),
+                        .init(gpa: at + 16, length: UInt32(data.count), writable: false),
+                        .init(gpa: at + 16 + UInt64(data.count), length: 1, writable: true)])
+        return at + 16 + UInt64(data.count)
+    }
+
+    func testATakenOverDeviceResumesAtTheUsedIndexAndServesWhatWaited() throws {
+        let record = try VduseExport.inflightRecord("\(dir!)/record", fresh: true, queues: 1, queueSize: 256)
+        let first = try serve(inflight: record)
+        driverOK()
+        XCTAssertEqual(request(type: 1, sector: 0, data: [UInt8](repeating: 0x11, count: 512)).status, 0)
+        XCTAssertEqual(request(type: 1, sector: 1, data: [UInt8](repeating: 0x22, count: 512)).status, 0)
+        // vdevd goes away while the driver keeps the device; the driver queues a request nobody serves yet, and
+        // overwrites the first two sectors behind the device's back: a backend that restarted at avail index 0
+        // would write them again.
+        first.stop()
+        export = nil
+        let fd = open(image, O_RDWR)
+        XCTAssertEqual(pwrite(fd, [UInt8](repeating: 0x99, count: 1024), 1024, 0), 1024)
+        close(fd)
+        let status = submitWrite(sector: 2, data: [UInt8](repeating: 0x33, count: 512))
+        kernel.kick(0)
+        // A new vdevd takes the device over: no SET_STATUS comes, the queue is found ready.
+        let again = try VduseExport.inflightRecord("\(dir!)/record", fresh: false, queues: 1, queueSize: 256)
+        let second = try serve(inflight: again, takingOver: true)
+        XCTAssertNotNil(driver.waitUsed(timeout: 10), "the waiting request was not served after the takeover")
+        XCTAssertEqual(ram.read(status, 1)[0], 0)
+        XCTAssertEqual(fileBytes(2 * 512, 512), [UInt8](repeating: 0x33, count: 512))
+        XCTAssertEqual(fileBytes(0, 1024), [UInt8](repeating: 0x99, count: 1024), "requests already completed ran again")
+        XCTAssertEqual(second.snapshot.queues[0].counters["requests"], 1)
+        XCTAssertTrue(second.snapshot.connected)
+        XCTAssertTrue(logs.contains("taking over a running device"))
+    }
+
+    func testTakingOverADeviceNoDriverUsesWaitsForDriverOK() throws {
+        kernel.queueInfos[0].ready = false
+        let e = try serve(takingOver: true)
+        XCTAssertEqual(kernel.setStatus(Self.status)?.ok, true)
+        XCTAssertNil(e.snapshot.queues[0].poller)
+        kernel.queueInfos[0].ready = true
+        XCTAssertEqual(kernel.setStatus(Self.status | VirtioStatus.driverOK)?.ok, true)
+        XCTAssertEqual(request(type: 1, sector: 0, data: [UInt8](repeating: 7, count: 512)).status, 0)
     }
 
     func testOfferedFeaturesCarryAccessPlatformAndNoWritableConfig() throws {

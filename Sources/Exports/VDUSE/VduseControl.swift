@@ -25,6 +25,29 @@ public final class VduseControl {
         guard rc == 0 else { throw VduseError("VDUSE_SET_API_VERSION \(Self.apiVersion): \(SystemError.describe(-rc))") }
     }
 
+    /// What `create` found: a new device, or one a previous vdevd left (its driver may be running on it).
+    public enum Created {
+        case new(VduseDeviceFile)
+        case existing(VduseDeviceFile)
+    }
+
+    /// VDUSE_CREATE_DEV, then VDUSE_VQ_SETUP for each queue (all before `vdpa dev add`); opens the device file.
+    /// A device of that name that no process has open (a vdevd that died or was stopped while the device stayed
+    /// attached) is taken over instead: `.existing`.
+    public func createOrReopen(name: String, deviceID: UInt32, features: UInt64, queueSizes: [UInt32], vqAlign: UInt32,
+                               config: [UInt8]) throws -> Created {
+        do {
+            return .new(try create(name: name, deviceID: deviceID, features: features, queueSizes: queueSizes,
+                                   vqAlign: vqAlign, config: config))
+        } catch let e as VduseError where e.exists {
+            do {
+                return .existing(try VduseDeviceFile(name: name))
+            } catch let s as SystemError where s.errno == EBUSY {
+                throw VduseError("the VDUSE device '\(name)' is served by another process")
+            }
+        }
+    }
+
     /// VDUSE_CREATE_DEV, then VDUSE_VQ_SETUP for each queue (all before `vdpa dev add`); opens the device file.
     public func create(name: String, deviceID: UInt32, features: UInt64, queueSizes: [UInt32], vqAlign: UInt32,
                        config: [UInt8]) throws -> VduseDeviceFile {
@@ -34,8 +57,7 @@ public final class VduseControl {
         }
         guard rc == 0 else {
             switch -rc {
-            case EEXIST: throw VduseError("a VDUSE device named '\(name)' already exists (another vdevd, or one left behind: "
-                                          + "vdpa dev del \(name), then remove it)")
+            case EEXIST: throw VduseError("a VDUSE device named '\(name)' already exists", exists: true)
             case EPERM: throw VduseError("VDUSE_CREATE_DEV '\(name)': not permitted (needs CAP_SYS_ADMIN)")
             default: throw VduseError("VDUSE_CREATE_DEV '\(name)': \(SystemError.describe(-rc))")
             }
@@ -60,5 +82,10 @@ public final class VduseControl {
 
 public struct VduseError: Error, CustomStringConvertible {
     public let description: String
-    public init(_ d: String) { description = d }
+    /// VDUSE_CREATE_DEV found the name taken.
+    public let exists: Bool
+    public init(_ d: String, exists: Bool = false) {
+        description = d
+        self.exists = exists
+    }
 }

@@ -35,27 +35,72 @@ public final class VduseExport: Export {
         (device.offeredFeatures & ~(refused | VirtioFeature.logAll)) | VirtioFeature.version1 | VirtioFeature.accessPlatform
     }
 
+    /// Where the in-flight record of each VDUSE device is kept between vdevd processes (a tmpfs: it only has to
+    /// outlive the process, not the machine).
+    public static var stateDirectory = "/run/vdevd"
+
     /// Creates /dev/vduse/NAME for `device` (VDUSE_CREATE_DEV and VDUSE_VQ_SETUP per queue), offering its features
-    /// less `refusedFeatures` and the first `configSize` bytes of its config space.
+    /// less `refusedFeatures` and the first `configSize` bytes of its config space. A device of that name that a
+    /// previous vdevd left (still attached, its driver waiting) is taken over: the queues resume where the driver
+    /// is, and the requests that vdevd had in flight are resubmitted.
     public convenience init(id: String, name: String, device: VirtioDevice, refusedFeatures: UInt64, configSize: Int,
                             pollers: PollerGroup, preferredPoller: Int?, logger: Logger) throws {
         let control = try VduseControl()
-        let file = try control.create(name: name, deviceID: device.deviceID.rawValue,
-                                      features: Self.offeredFeatures(device, refused: refusedFeatures),
-                                      queueSizes: Array(repeating: device.maxQueueSize, count: device.maxQueues),
-                                      vqAlign: Self.queueAlign, config: device.readConfig(offset: 0, count: configSize))
-        try self.init(id: id, name: name, device: device, kernel: file, pollers: pollers, preferredPoller: preferredPoller,
-                      logger: logger)
+        let created = try control.createOrReopen(name: name, deviceID: device.deviceID.rawValue,
+                                                 features: Self.offeredFeatures(device, refused: refusedFeatures),
+                                                 queueSizes: Array(repeating: device.maxQueueSize, count: device.maxQueues),
+                                                 vqAlign: Self.queueAlign,
+                                                 config: device.readConfig(offset: 0, count: configSize))
+        let file: VduseDeviceFile, existing: Bool
+        switch created {
+        case .new(let f): (file, existing) = (f, false)
+        case .existing(let f): (file, existing) = (f, true)
+        }
+        let statePath = "\(Self.stateDirectory)/vduse-\(name).inflight"
+        var record: InflightMemory?
+        var recordError: Error?
+        do {
+            record = try Self.inflightRecord(statePath, fresh: !existing, queues: device.maxQueues,
+                                             queueSize: Int(device.maxQueueSize))
+        } catch {
+            recordError = error
+        }
+        try self.init(id: id, name: name, device: device, kernel: file, inflight: record, takingOver: existing,
+                      pollers: pollers, preferredPoller: preferredPoller, logger: logger)
+        if let recordError {
+            self.logger.warning("no in-flight record at \(statePath) (\(recordError)): a restarted vdevd could not resubmit requests")
+        }
+        if existing { self.logger.notice("VDUSE device \(name) exists and no process serves it: taking it over") }
         destroy = { [weak self] in
             // The kernel refuses to destroy a device whose file is open: close it first (queues have stopped).
             file.file.close()
-            self?.destroyDevice(control: control)
+            if self?.destroyDevice(control: control) == true { unlink(statePath) }
         }
     }
 
-    /// Serves a device the kernel side of which already exists (tests give a scripted one).
-    public init(id: String, name: String, device: VirtioDevice, kernel: VduseDeviceKernel, pollers: PollerGroup,
-                preferredPoller: Int?, logger: Logger) throws {
+    /// The file recording requests in flight: made empty for a new device, taken as it is for one taken over.
+    public static func inflightRecord(_ path: String, fresh: Bool, queues: Int, queueSize: Int) throws -> InflightMemory {
+        mkdir(stateDirectory, 0o700)
+        let size = UInt64(queues * InflightMemory.regionSize(queueSize: queueSize))
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | (fresh ? O_TRUNC : 0), 0o600)
+        guard fd >= 0 else { throw SystemError("open(\(path))", errno: errno) }
+        defer { closeFD(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SystemError("fstat(\(path))", errno: errno) }
+        if UInt64(st.st_size) != size {
+            // A record for another layout says nothing about this device: start it empty.
+            guard ftruncate(fd, 0) == 0, ftruncate(fd, off_t(size)) == 0 else { throw SystemError("ftruncate(\(path))", errno: errno) }
+        }
+        return try InflightMemory(fd: fd, mmapSize: size, offset: 0, numQueues: queues, queueSize: queueSize)
+    }
+
+    /// Set when the device was taken over: the request loop first resumes a driver already running on it.
+    private var resuming = false
+
+    /// Serves a device the kernel side of which already exists (tests give a scripted one). `inflight` records
+    /// requests in flight across processes; `takingOver`: a previous vdevd served it, and a driver may be running.
+    public init(id: String, name: String, device: VirtioDevice, kernel: VduseDeviceKernel, inflight: InflightMemory? = nil,
+                takingOver: Bool = false, pollers: PollerGroup, preferredPoller: Int?, logger: Logger) throws {
         self.id = id
         self.name = name
         self.device = device
@@ -69,6 +114,8 @@ public final class VduseExport: Export {
         let session = DeviceSession(device: device, pollers: pollers, preferredPoller: preferredPoller,
                                     queueStats: queueStats, logger: l)
         vduse = VduseSession(session: session, kernel: kernel, logger: l)
+        vduse.inflight = inflight
+        resuming = takingOver
         session.onPlacement = { [unowned self] q, p in stateLock.withLock { queuePollers[q] = p } }
     }
 
@@ -94,15 +141,17 @@ public final class VduseExport: Export {
         }
     }
 
-    private func destroyDevice(control: VduseControl) {
+    private func destroyDevice(control: VduseControl) -> Bool {
         let rc = control.destroy(name: name)
         if rc == 0 {
             logger.info("VDUSE device \(name) destroyed")
+            return true
         } else if rc == -EBUSY {
-            logger.error("VDUSE device \(name) is still in use (attached: run 'vdpa dev del \(name)'); it stays in the kernel until then")
+            logger.warning("VDUSE device \(name) is still attached, so it stays in the kernel: a vdevd started with the same export takes it over (the driver's I/O waits until then), or detach it with 'vdpa dev del \(name)'")
         } else {
             logger.error("VDUSE_DESTROY_DEV \(name): \(SystemError.describe(-rc))")
         }
+        return false
     }
 
     public var stats: [String: Any] {
@@ -126,6 +175,14 @@ public final class VduseExport: Export {
 
     private func requestLoop() {
         vdv_set_thread_name("vdevd-\(id)")
+        if resuming {
+            let n = vduse.resume()
+            let now = vduse.status
+            stateLock.withLock {
+                statusSeen = now
+                if n > 0 { driverStarts += 1 }
+            }
+        }
         while true {
             var fds = [pollfd(fd: kernel.requestFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]

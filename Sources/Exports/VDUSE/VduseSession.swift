@@ -13,6 +13,9 @@ final class VduseSession {
     private(set) var failedRequests = 0
     /// The kick eventfd of each queue while the driver runs (VDUSE_VQ_SETUP_KICKFD).
     private var kicks: [EventFD?]
+    /// Where requests in flight are recorded, in a file that outlives this process, so a vdevd started again on
+    /// the same device resubmits exactly those (nil: not tracked).
+    var inflight: InflightMemory?
 
     /// Transport bits the driver accepts that the device model does not know.
     static let transportFeatures: UInt64 = VirtioFeature.accessPlatform
@@ -83,14 +86,39 @@ final class VduseSession {
         return true
     }
 
+    /// A device a previous vdevd served: no SET_STATUS comes for a driver already running on it, so a ready queue
+    /// means DRIVER_OK was set. Queues start where the ring's used index says, and requests the previous vdevd had
+    /// in flight (its in-flight record) come first. Returns how many queues run.
+    @discardableResult
+    func resume() -> Int {
+        let ready = session.queues.indices.filter { (try? kernel.queueInfo($0).ready) == true }
+        guard !ready.isEmpty else {
+            logger.info("taking over /dev/vduse: no driver running on it yet")
+            return 0
+        }
+        logger.notice("taking over a running device: \(ready.count) queue(s) ready")
+        status = VirtioStatus.acknowledge | VirtioStatus.driver | VirtioStatus.featuresOK | VirtioStatus.driverOK
+        guard start(resuming: true) else { return 0 }
+        return session.queues.filter { $0.running != nil }.count
+    }
+
+    /// The used index the driver last saw on a ring (where a taken-over queue resumes without a record).
+    private func ringUsedIndex(_ deviceArea: UInt64) -> UInt16? {
+        var t = iotlb.table()
+        if t.translate(gpa: deviceArea + 2, length: 2) == nil, let m = t.faultingIn(gpa: deviceArea + 2) { t = m }
+        guard let p = t.translate(gpa: deviceArea + 2, length: 2) else { return nil }
+        return p.load(as: UInt16.self)
+    }
+
     /// DRIVER_OK: the driver's features, each ready queue's addresses (VDUSE_VQ_GET_INFO), a kick eventfd each,
     /// and the queues start on pollers. False (the driver sees the status refused) if any queue cannot start.
-    private func start() -> Bool {
+    private func start(resuming: Bool = false) -> Bool {
         do {
             let f = try kernel.driverFeatures()
             session.features = f
             session.device.featuresAcked(f & ~Self.transportFeatures)
             try session.installMemory(iotlb.table(), startReady: false)
+            session.inflight = inflight
             for i in session.queues.indices {
                 let info = try kernel.queueInfo(i)
                 guard info.ready else { continue }
@@ -102,6 +130,13 @@ final class VduseSession {
                 kicks[i] = kick
                 session.queues[i].num = info.num
                 session.queues[i].base = info.availIndex
+                if resuming {
+                    // Without a record, what the driver has seen completed is where serving goes on.
+                    guard let used = ringUsedIndex(info.deviceArea) else {
+                        throw DeviceSessionError("queue \(i): used ring at 0x\(String(info.deviceArea, radix: 16)) not mapped")
+                    }
+                    session.queues[i].base = used
+                }
                 session.queues[i].addresses = VringAddresses(descriptorTable: info.descriptorTable, availRing: info.driverArea,
                                                              usedRing: info.deviceArea, guestPhysical: true)
                 session.queues[i].kick = kick
@@ -130,6 +165,8 @@ final class VduseSession {
     /// Device reset: queues stop and forget their state, mappings go.
     func reset() {
         stopQueues()
+        // The next driver starts from scratch: nothing of this one's is in flight any more.
+        inflight?.clear()
         session.reset()
         session.dropMemory()
         iotlb.clear()
