@@ -75,6 +75,8 @@ public enum ExportFactory {
             } catch let e as VduseError {
                 throw ExportError.device(spec.id, e.description)
             }
+        case .vduseNet:
+            return try NetExportFactory.makeVduse(spec, pollers: pollers, logger: logger)
         }
     }
 }

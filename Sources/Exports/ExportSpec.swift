@@ -11,18 +11,19 @@ public struct ExportSpec: Equatable {
         case vhostUserVsock = "vhost-user-vsock"
         case vhostUserNet = "vhost-user-net"
         case vduseBlk = "vduse-blk"
+        case vduseNet = "vduse-net"
 
         public var device: DeviceKind {
             switch self {
             case .vhostUserBlk, .vduseBlk: return .blk
             case .vhostUserVsock: return .vsock
-            case .vhostUserNet: return .net
+            case .vhostUserNet, .vduseNet: return .net
             }
         }
 
         public var transport: TransportSpec.Kind {
             switch self {
-            case .vduseBlk: return .vduse
+            case .vduseBlk, .vduseNet: return .vduse
             default: return .vhostUser
             }
         }
@@ -90,6 +91,10 @@ public struct ExportSpec: Equatable {
             "write-cache": "VDUSE config space is read-only, so the guest cannot switch the write cache "
                 + "(VIRTIO_BLK_F_CONFIG_WCE is not offered); a vduse-blk device is write-back and flushes on request",
             "fixed-buffers": "VDUSE memory is the kernel's bounce buffer, mapped per IOVA range; it is not registered with io_uring",
+        ],
+        .vduseNet: [
+            "num-queues": "VDUSE refuses a net device with a control queue, and virtio-net needs one for more than one "
+                + "queue pair (VIRTIO_NET_F_MQ); a vduse-net device has one rx/tx pair",
         ],
     ]
 

@@ -20,6 +20,8 @@
 #   completes with verification passing
 #   vdpa dev del removes the block device; `vdevctl remove` then removes /dev/vduse/vd0 (VDUSE_DESTROY_DEV)
 #   vdevd exits 0 on SIGTERM and leaves no /dev/vduse device behind
+#   vduse-net: two ports of one switch become interfaces with the exports' MACs; one in a network namespace
+#   pings the other through the switch; vdpa dev del removes them; the switch port counted the frames
 set -u -o pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -46,6 +48,8 @@ VDEVD=$(realpath "$VDEVD") VDEVCTL=$(realpath "$VDEVCTL")
 for t in qemu-system-x86_64 fio sha256sum; do command -v $t >/dev/null || die "$t missing (scripts/guest-image.sh --install-deps)"; done
 VDPA=$(command -v vdpa || echo /usr/sbin/vdpa)
 [ -x "$VDPA" ] || die "vdpa missing (apt-get install iproute2)"
+IP=$(realpath "$(command -v ip || echo /usr/sbin/ip)")
+[ -x "$IP" ] || die "ip missing (apt-get install iproute2)"
 case "$VDEVD" in /tmp/*) die "$VDEVD is under /tmp, which the guest cannot see over 9p" ;; esac
 
 # The guest kernel: Debian's 6.12 (VDUSE as modules; 6.1 has no vDPA). virtio_vdpa, not vhost_vdpa, must take
@@ -84,6 +88,7 @@ HOSTRUN='/host$LDSO --library-path $LIBPATH'
 VDEVD='/host$VDEVD'
 VDEVCTL='/host$VDEVCTL'
 VDPA='/host$VDPA'
+IP='/host$IP'
 ENV
 
 cat > "$WORK/guest.sh" <<'GUEST'
@@ -251,6 +256,52 @@ fl=$(grep "export=disk0" /tmp/vdevd.log | grep -o "totals: .*" | grep -o "flushe
 [ "${q0:-0}" -gt 0 ] && [ "${q1:-0}" -gt 0 ] && ck PASS vdevd-counters "disk0 requests: queue0=$q0 queue1=$q1" \
     || ck FAIL vdevd-counters "disk0 requests: queue0=${q0:-none} queue1=${q1:-none}"
 [ "$fl" -gt 0 ] && ck PASS vdevd-flushes "flushes=$fl" || ck FAIL vdevd-flushes "no flush reached vdevd"
+
+# -- vduse-net: two ports of one in-daemon switch become two interfaces; one goes into a network namespace,
+#    and they ping each other through the switch (link-local addresses, nothing leaves the guest).
+ip() { $HOSTRUN $IP "$@"; }
+netdev() { ls /sys/bus/vdpa/devices/$1/virtio*/net 2>/dev/null | head -n1; }
+$HOSTRUN $VDEVD --management-socket none --poll-us 0 --switch id=sw0 \
+    --export "vduse-net,id=h0,name=vn0,switch=sw0,mac=52:54:00:00:00:01" \
+    --export "vduse-net,id=h1,name=vn1,switch=sw0,mac=52:54:00:00:00:02" > /tmp/vdevd-net.log 2>&1 &
+VPID=$!
+cp /tmp/vdevd-net.log /tmp/vdevd.log 2>/dev/null
+if wait_for 100 test -c /dev/vduse/vn0 -a -c /dev/vduse/vn1; then
+    vdpa dev add name vn0 mgmtdev vduse 2>/tmp/vdpa.err || ck FAIL net-vdpa-add "vn0: $(cat /tmp/vdpa.err)"
+    vdpa dev add name vn1 mgmtdev vduse 2>/tmp/vdpa.err || ck FAIL net-vdpa-add "vn1: $(cat /tmp/vdpa.err)"
+fi
+if wait_for 300 test -n "$(netdev vn0)" && wait_for 100 test -n "$(netdev vn1)"; then
+    N0=$(netdev vn0) N1=$(netdev vn1)
+    ck PASS net-vdpa-add "vn0 -> $N0, vn1 -> $N1"
+    a0=$(cat /sys/class/net/$N0/address) a1=$(cat /sys/class/net/$N1/address)
+    [ "$a0" = 52:54:00:00:00:01 ] && [ "$a1" = 52:54:00:00:00:02 ] && ck PASS net-mac "$N0 $a0, $N1 $a1" \
+        || ck FAIL net-mac "$N0 $a0, $N1 $a1 (want the export's mac=)"
+    mkdir -p /var/run/netns
+    ip netns add peer && ip link set $N1 netns peer || ck FAIL net-netns "cannot move $N1 into a namespace"
+    ip addr add 169.254.10.1/16 dev $N0 && ip link set $N0 up
+    ip netns exec peer $HOSTRUN $IP addr add 169.254.10.2/16 dev $N1
+    ip netns exec peer $HOSTRUN $IP link set $N1 up
+    if ping -c 5 -W 5 169.254.10.2 > /tmp/ping.out 2>&1; then
+        ck PASS net-ping "$(grep -o '[0-9]* packets received' /tmp/ping.out) through the switch"
+    else
+        ck FAIL net-ping "$(tail -n 2 /tmp/ping.out | tr '\n' ' ')"
+    fi
+    info "net: $(ip -s link show $N0 | tr -s ' ' | tr '\n' ' ')"
+    vdpa dev del vn0; vdpa dev del vn1
+    wait_for 100 test ! -e /sys/class/net/$N0 && ck PASS net-vdpa-del "$N0 gone" || ck FAIL net-vdpa-del "$N0 still there"
+else
+    ck FAIL net-vdpa-add "no network interface (vdevd: $(tail -n 3 /tmp/vdevd-net.log | tr '\n' ' '))"
+    vdpa dev del vn0 2>/dev/null; vdpa dev del vn1 2>/dev/null
+fi
+kill -TERM $VPID
+n=100; while [ $n -gt 0 ] && kill -0 $VPID 2>/dev/null; do sleep 0.1; n=$((n - 1)); done
+kill -0 $VPID 2>/dev/null && ck FAIL net-vdevd-exit "still running 10 s after SIGTERM" || { wait $VPID; ck PASS net-vdevd-exit "status $?"; }
+VPID=
+cp /tmp/vdevd-net.log /tmp/vdevd.log
+tx=$(grep "export=h0" /tmp/vdevd-net.log | grep -o "switch port totals: .*" | grep -o "txFrames=[0-9]*" | cut -d= -f2)
+[ "${tx:-0}" -gt 0 ] && ck PASS net-switch-counters "h0 port: txFrames=$tx" || ck FAIL net-switch-counters "h0 port sent nothing"
+left=$(ls /dev/vduse | grep -v '^control$' | tr '\n' ' ')
+[ -z "$left" ] && ck PASS net-nothing-left "only /dev/vduse/control" || ck FAIL net-nothing-left "left: $left"
 finish
 GUEST
 

@@ -81,3 +81,29 @@ final class VduseSpecTests: XCTestCase {
         }
     }
 }
+
+/// `--export vduse-net,...`: a port on an in-daemon switch, reached through VDUSE.
+final class VduseNetSpecTests: XCTestCase {
+    func testVduseNetTakesNetKeysAndAName() throws {
+        let s = try ExportSpec.parse("vduse-net,id=h0,name=vn0,switch=sw0,mac=52:54:00:00:00:09,vlan=5,mtu=9000")
+        XCTAssertEqual(s.kind, .vduseNet)
+        XCTAssertEqual(s.kind.device, .net)
+        XCTAssertEqual(s.transport, .vduse(name: "vn0"))
+        XCTAssertEqual(s.net?.switchName, "sw0")
+        XCTAssertEqual(s.net?.vlan, 5)
+        XCTAssertEqual(s.net?.mtu, 9000)
+        XCTAssertEqual(s.net?.queuePairs, 1)
+    }
+
+    func testMoreThanOneQueuePairIsRefusedWithTheReason() {
+        do {
+            _ = try ExportSpec.parse("vduse-net,id=h0,name=vn0,switch=sw0,num-queues=2")
+            XCTFail("accepted")
+        } catch let e as ExportSpecError {
+            XCTAssertEqual(e.key, "num-queues")
+            XCTAssertTrue(e.message.contains("control queue"), e.message)
+        } catch {
+            XCTFail("\(error)")
+        }
+    }
+}

@@ -31,8 +31,11 @@ public final class VduseExport: Export {
     /// The features offered through VDUSE: the device's, less what VDUSE cannot carry (`refused`: for blk a
     /// writable config space; dirty logging always), plus VIRTIO_F_ACCESS_PLATFORM, which VDUSE requires (the
     /// driver's buffers are IOVAs) and VERSION_1.
-    public static func offeredFeatures(_ device: VirtioDevice, refused: UInt64) -> UInt64 {
-        (device.offeredFeatures & ~(refused | VirtioFeature.logAll)) | VirtioFeature.version1 | VirtioFeature.accessPlatform
+    /// `extra`: bits that describe config space the device fills but that a vhost-user frontend offers itself
+    /// (net: MAC, MTU).
+    public static func offeredFeatures(_ device: VirtioDevice, refused: UInt64, extra: UInt64 = 0) -> UInt64 {
+        (device.offeredFeatures & ~(refused | VirtioFeature.logAll)) | extra | VirtioFeature.version1
+            | VirtioFeature.accessPlatform
     }
 
     /// Where the in-flight record of each VDUSE device is kept between vdevd processes (a tmpfs: it only has to
@@ -43,11 +46,13 @@ public final class VduseExport: Export {
     /// less `refusedFeatures` and the first `configSize` bytes of its config space. A device of that name that a
     /// previous vdevd left (still attached, its driver waiting) is taken over: the queues resume where the driver
     /// is, and the requests that vdevd had in flight are resubmitted.
-    public convenience init(id: String, name: String, device: VirtioDevice, refusedFeatures: UInt64, configSize: Int,
-                            pollers: PollerGroup, preferredPoller: Int?, logger: Logger) throws {
+    public convenience init(id: String, name: String, device: VirtioDevice, refusedFeatures: UInt64,
+                            extraFeatures: UInt64 = 0, configSize: Int, pollers: PollerGroup, preferredPoller: Int?,
+                            logger: Logger) throws {
         let control = try VduseControl()
         let created = try control.createOrReopen(name: name, deviceID: device.deviceID.rawValue,
-                                                 features: Self.offeredFeatures(device, refused: refusedFeatures),
+                                                 features: Self.offeredFeatures(device, refused: refusedFeatures,
+                                                                                extra: extraFeatures),
                                                  queueSizes: Array(repeating: device.maxQueueSize, count: device.maxQueues),
                                                  vqAlign: Self.queueAlign,
                                                  config: device.readConfig(offset: 0, count: configSize))
