@@ -53,7 +53,7 @@ public enum ExportFactory {
                 unlink(o.udsPath)
             }
             return export
-        case .vhostUserNet:
+        case .vhostUserNet, .vduseNet:
             return try NetExportFactory.make(spec, pollers: pollers, logger: logger)
         case .vduseBlk:
             guard case .vduse(let name) = spec.transport else { throw ExportError.device(spec.id, "no VDUSE name") }
@@ -75,8 +75,6 @@ public enum ExportFactory {
             } catch let e as VduseError {
                 throw ExportError.device(spec.id, e.description)
             }
-        case .vduseNet:
-            return try NetExportFactory.makeVduse(spec, pollers: pollers, logger: logger)
         }
     }
 }

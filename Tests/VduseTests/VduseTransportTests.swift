@@ -239,6 +239,8 @@ final class VduseTransportTests: XCTestCase {
         XCTAssertEqual(fileBytes(2 * 512, 512), [UInt8](repeating: 0x33, count: 512))
         XCTAssertEqual(fileBytes(0, 1024), [UInt8](repeating: 0x99, count: 1024), "requests already completed ran again")
         XCTAssertEqual(second.snapshot.queues[0].counters["requests"], 1)
+        // A request answered by the loop comes after the takeover finished there: the status it set is visible.
+        XCTAssertEqual(kernel.send(.getVQState, queue: 9)?.ok, false)
         XCTAssertTrue(second.snapshot.connected)
         XCTAssertTrue(logs.contains("taking over a running device"))
     }

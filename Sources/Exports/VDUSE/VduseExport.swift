@@ -122,6 +122,12 @@ public final class VduseExport: Export {
         vduse.inflight = inflight
         resuming = takingOver
         session.onPlacement = { [unowned self] q, p in stateLock.withLock { queuePollers[q] = p } }
+        vduse.onStatus = { [unowned self] old, new in
+            stateLock.withLock {
+                statusSeen = new
+                if new & VirtioStatus.driverOK != 0 && old & VirtioStatus.driverOK == 0 { driverStarts += 1 }
+            }
+        }
     }
 
     public func start() {
@@ -140,10 +146,7 @@ public final class VduseExport: Export {
         destroy?()
         destroy = nil
         for f in onStop { f() }
-        for (i, s) in queueStats.enumerated() {
-            let fields = QueueStats.Counter.allCases.map { "\($0)=\(s.get($0))" }.joined(separator: " ")
-            logger.info("queue \(i) totals: \(fields)")
-        }
+        queueStats.logTotals(logger)
     }
 
     private func destroyDevice(control: VduseControl) -> Bool {
@@ -180,14 +183,7 @@ public final class VduseExport: Export {
 
     private func requestLoop() {
         vdv_set_thread_name("vdevd-\(id)")
-        if resuming {
-            let n = vduse.resume()
-            let now = vduse.status
-            stateLock.withLock {
-                statusSeen = now
-                if n > 0 { driverStarts += 1 }
-            }
-        }
+        if resuming { vduse.resume() }
         while true {
             var fds = [pollfd(fd: kernel.requestFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
@@ -199,13 +195,7 @@ public final class VduseExport: Export {
                 return
             }
             do {
-                let before = vduse.status
                 try vduse.serveOne()
-                let now = vduse.status
-                stateLock.withLock {
-                    statusSeen = now
-                    if now & VirtioStatus.driverOK != 0 && before & VirtioStatus.driverOK == 0 { driverStarts += 1 }
-                }
             } catch {
                 logger.error("VDUSE device file: \(error); no more requests served")
                 return

@@ -8,7 +8,12 @@ final class VduseSession {
     let kernel: VduseDeviceKernel
     let iotlb: VduseIOTLB
     var logger: Logger
-    private(set) var status: UInt8 = 0
+    /// The device status the driver set (DRIVER_OK: queues run). Every change is told to `onStatus` before the
+    /// kernel hears the answer, so whoever reads it after the answer sees it.
+    private(set) var status: UInt8 = 0 {
+        didSet { if status != oldValue { onStatus(oldValue, status) } }
+    }
+    var onStatus: (_ old: UInt8, _ new: UInt8) -> Void = { _, _ in }
     /// Requests answered FAILED (unknown type, bad queue index, a queue that could not start).
     private(set) var failedRequests = 0
     /// The kick eventfd of each queue while the driver runs (VDUSE_VQ_SETUP_KICKFD).
@@ -74,15 +79,22 @@ final class VduseSession {
     /// virtio 1.3, 3.1.1: the driver sets DRIVER_OK once its queues are set up; 0 resets the device.
     private func setStatus(_ s: UInt8) -> Bool {
         let was = status
-        status = s
         logger.debug("status 0x\(String(s, radix: 16))")
         if s == 0 {
             if was != 0 { reset() }
             return true
         }
         let driverOK = s & VirtioStatus.driverOK != 0
-        if driverOK && was & VirtioStatus.driverOK == 0 { return start() }
-        if !driverOK && was & VirtioStatus.driverOK != 0 { stopQueues() }
+        if driverOK && was & VirtioStatus.driverOK == 0 {
+            // DRIVER_OK holds only once the queues run.
+            guard start() else {
+                status = s & ~VirtioStatus.driverOK
+                return false
+            }
+        } else if !driverOK && was & VirtioStatus.driverOK != 0 {
+            stopQueues()
+        }
+        status = s
         return true
     }
 
@@ -97,8 +109,8 @@ final class VduseSession {
             return 0
         }
         logger.notice("taking over a running device: \(ready.count) queue(s) ready")
-        status = VirtioStatus.acknowledge | VirtioStatus.driver | VirtioStatus.featuresOK | VirtioStatus.driverOK
         guard start(resuming: true) else { return 0 }
+        status = VirtioStatus.acknowledge | VirtioStatus.driver | VirtioStatus.featuresOK | VirtioStatus.driverOK
         return session.queues.filter { $0.running != nil }.count
     }
 
