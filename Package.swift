@@ -98,7 +98,7 @@ let package = Package(
         // The VDUSE transport against a scripted kernel side.
         .testTarget(
             name: "VduseTests",
-            dependencies: ["Exports", "Blk", "Virtio", "VhostUserTestSupport", "CVdevd",
+            dependencies: ["Exports", "Blk", "Net", "Virtio", "VhostUserTestSupport", "CVdevd",
                            .product(name: "Logging", package: "swift-log")],
             path: "Tests/VduseTests"
         ),

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Exports
+import Net
 import Logging
 import VhostUserTestSupport
 import Virtio
@@ -105,5 +106,21 @@ final class VduseNetSpecTests: XCTestCase {
         } catch {
             XCTFail("\(error)")
         }
+    }
+}
+
+/// What a vduse-net device offers: the net device's bits less MQ (it needs the control queue VDUSE refuses), plus
+/// MAC when the export has one, ACCESS_PLATFORM and VERSION_1; never CTRL_VQ.
+final class VduseNetFeatureTests: XCTestCase {
+    func testOfferedFeatures() throws {
+        let sw = SwitchRegistry.shared.switchNamed("vduse-feature-test")
+        var o = NetOptions(id: "h0", switchName: "vduse-feature-test")
+        o.mac = MACAddress("52:54:00:00:00:09")
+        let device = NetDevice(options: o, switch: sw)
+        defer { device.detachFromSwitch() }
+        let f = VduseExport.offeredFeatures(device, refused: NetFeature.mq, extra: NetFeature.mac)
+        XCTAssertEqual(f, (NetDevice.features & ~NetFeature.mq) | NetFeature.mac | VirtioFeature.accessPlatform)
+        XCTAssertEqual(f & NetFeature.ctrlVq, 0)
+        XCTAssertEqual(device.readConfig(offset: 0, count: 6), [0x52, 0x54, 0, 0, 0, 9])
     }
 }
