@@ -95,6 +95,13 @@ let package = Package(
             dependencies: ["Exports", "Blk", "Virtio", "VhostUserTestSupport", "CVdevd"],
             path: "Tests/ExportsTests"
         ),
+        // The VDUSE transport against a scripted kernel side.
+        .testTarget(
+            name: "VduseTests",
+            dependencies: ["Exports", "Blk", "Net", "Virtio", "VhostUserTestSupport", "CVdevd",
+                           .product(name: "Logging", package: "swift-log")],
+            path: "Tests/VduseTests"
+        ),
         .testTarget(
             name: "ServiceTests",
             dependencies: ["Service", "Exports", "Virtio", "VhostUserTestSupport", "CVdevd"],

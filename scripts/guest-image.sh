@@ -9,6 +9,8 @@
 #
 # Cache: $REPO/.cache/guest (override with GUEST_CACHE). Kernel package: the Debian 6.1 amd64
 # image that linux-image-amd64 depends on (override with GUEST_KERNEL_PKG=linux-image-...).
+# GUEST_EXTRA_MODULES="a b": more modules loaded at boot, in that order after the usual ones (the VDUSE test
+# uses the 6.12 kernel with vhost_iotlb vdpa vduse virtio_vdpa); modules built into the kernel are skipped.
 #
 # The initramfs /init loads the virtio, 9p and vsock modules, mounts the host root read-only over
 # 9p at /host (mount tag "hostroot"), then runs `sh /host$SCRIPT` where SCRIPT comes from the
@@ -26,7 +28,8 @@ GUEST_CACHE="${GUEST_CACHE:-$GUEST_REPO/.cache/guest}"
 GUEST_MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
 netfs 9pnet 9pnet_virtio 9p
 vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
-failover net_failover virtio_net"
+failover net_failover virtio_net
+${GUEST_EXTRA_MODULES:-}"
 
 GUEST_DEB_PACKAGES="qemu-system-x86 qemu-utils busybox-static cpio fio socat kmod coreutils util-linux gzip"
 
@@ -62,7 +65,8 @@ _gi_kernel_pkg() {
 
 # Fingerprint of everything that shapes the initramfs (this file + busybox binary).
 _gi_fingerprint() {
-    { cat "$GUEST_REPO/scripts/guest-image.sh"; sha256sum /bin/busybox; echo "$1"; } | sha256sum | cut -c1-16
+    { cat "$GUEST_REPO/scripts/guest-image.sh"; sha256sum /bin/busybox; echo "$1"; echo "${GUEST_EXTRA_MODULES:-}"; } |
+        sha256sum | cut -c1-16
 }
 
 _gi_write_init() {

@@ -28,5 +28,7 @@ echo "== e2e: vhost-user-vsock, two guests"
 Tests/E2E/vsock-e2e.sh
 echo "== e2e: vhost-user-net, two guests on one switch"
 Tests/E2E/net-e2e.sh
+echo "== e2e: vduse-blk, vdevd inside a 6.12 guest"
+Tests/E2E/vduse-e2e.sh
 
-echo "test.sh: $((UNIT + 6)) passed, 0 failed"
+echo "test.sh: $((UNIT + 7)) passed, 0 failed"

@@ -53,8 +53,28 @@ public enum ExportFactory {
                 unlink(o.udsPath)
             }
             return export
-        case .vhostUserNet:
+        case .vhostUserNet, .vduseNet:
             return try NetExportFactory.make(spec, pollers: pollers, logger: logger)
+        case .vduseBlk:
+            guard case .vduse(let name) = spec.transport else { throw ExportError.device(spec.id, "no VDUSE name") }
+            // VDUSE memory is the kernel's bounce buffer, mapped per IOTLB entry: nothing to register with io_uring.
+            var options = spec.blk
+            options.fixedBuffers = false
+            let device: BlkDevice
+            do { device = try BlkDevice(options: options) } catch {
+                throw ExportError.device(spec.id, "\(error)")
+            }
+            var l = logger
+            l[metadataKey: "export"] = "\(spec.id)"
+            for note in device.notes { l.info("\(note)") }
+            do {
+                // VDUSE config space is read-only: the guest cannot switch the write cache.
+                return try VduseExport(id: spec.id, name: name, device: device, refusedFeatures: BlkFeature.configWCE,
+                                       configSize: BlkLayout.configSize, pollers: pollers, preferredPoller: spec.poller,
+                                       logger: logger)
+            } catch let e as VduseError {
+                throw ExportError.device(spec.id, e.description)
+            }
         }
     }
 }

@@ -3,13 +3,33 @@ import Net
 import Vsock
 
 /// An export as the operator wrote it: `TYPE,key=value,...` (a literal comma in a value is written `,,`,
-/// as in QEMU). Parsing validates every key and value before anything is created.
+/// as in QEMU). Parsing validates every key and value before anything is created. An export is a device part
+/// (`blk`, `vsock` or `net` options) and a transport part (`transport`); the type names both.
 public struct ExportSpec: Equatable {
     public enum Kind: String, CaseIterable {
         case vhostUserBlk = "vhost-user-blk"
         case vhostUserVsock = "vhost-user-vsock"
         case vhostUserNet = "vhost-user-net"
+        case vduseBlk = "vduse-blk"
+        case vduseNet = "vduse-net"
+
+        public var device: DeviceKind {
+            switch self {
+            case .vhostUserBlk, .vduseBlk: return .blk
+            case .vhostUserVsock: return .vsock
+            case .vhostUserNet, .vduseNet: return .net
+            }
+        }
+
+        public var transport: TransportSpec.Kind {
+            switch self {
+            case .vduseBlk, .vduseNet: return .vduse
+            default: return .vhostUser
+            }
+        }
     }
+
+    public enum DeviceKind { case blk, vsock, net }
 
     public struct Key {
         public let name: String
@@ -35,13 +55,12 @@ public struct ExportSpec: Equatable {
         Key(name: "socket-group", help: "socket group, group name or gid (default: vdevd's)", required: false),
     ]
 
-    /// Every key of each export type, one table per type: the command line (`--export`), the config file
-    /// (`[[export]]`) and the management socket (`add`) all parse through `parse(kind:pairs:)` with these.
-    public static let keys: [Kind: [Key]] = [
-        .vhostUserBlk: [
+    /// The device keys of each device type; an export type's keys are its device's and its transport's
+    /// (`keys`), required ones first.
+    static let deviceKeys: [DeviceKind: [Key]] = [
+        .blk: [
             Key(name: "id", help: "export name: logs, stats, disk serial (GET_ID)", required: true),
             Key(name: "path", help: "image file or block device", required: true),
-            Key(name: "socket", help: "vhost-user socket to create", required: true),
             Key(name: "num-queues", help: "request queues, 1-64 (default 1)", required: false),
             Key(name: "queue-size", help: "largest virtqueue, 64-32768 (default 256)", required: false),
             Key(name: "readonly", help: "on|off: read-only device and file (default off)", required: false),
@@ -52,20 +71,46 @@ public struct ExportSpec: Equatable {
             Key(name: "inline-io", help: "auto|off: inline I/O for tmpfs images (auto)", required: false),
             Key(name: "fixed-buffers", help: "auto|off: register allocated guest RAM, direct=on (auto)", required: false),
             Key(name: "poller", help: "poller index (default: least loaded)", required: false),
-        ] + socketKeys,
-        .vhostUserVsock: [
+        ],
+        .vsock: [
             Key(name: "id", help: "export name: logs and stats", required: true),
             Key(name: "guest-cid", help: "the guest's CID, 3 or more", required: true),
-            Key(name: "socket", help: "vhost-user socket to create", required: true),
             Key(name: "uds-path", help: "host side: CONNECT <port> here; <path>_<P>", required: true),
             Key(name: "tx-buffer-size", help: "bytes buffered per connection (262144)", required: false),
             Key(name: "stall-timeout-ms", help: "log a connection stuck this long, 0 off (5000)", required: false),
             Key(name: "groups", help: "a+b: siblings reachable by CID", required: false),
             Key(name: "queue-size", help: "largest virtqueue, 64-32768 (default 256)", required: false),
             Key(name: "poller", help: "poller index (default: its group's)", required: false),
-        ] + socketKeys,
-        .vhostUserNet: NetExportSpec.keys + socketKeys,
+        ],
+        .net: NetExportSpec.keys,
     ]
+
+    /// Device keys a transport cannot carry, with the reason the operator is told.
+    static let refusedKeys: [Kind: [String: String]] = [
+        .vduseBlk: [
+            "write-cache": "VDUSE config space is read-only, so the guest cannot switch the write cache "
+                + "(VIRTIO_BLK_F_CONFIG_WCE is not offered); a vduse-blk device is write-back and flushes on request",
+            "fixed-buffers": "VDUSE memory is the kernel's bounce buffer, mapped per IOVA range; it is not registered with io_uring",
+        ],
+        .vduseNet: [
+            "num-queues": "VDUSE refuses a net device with a control queue, and virtio-net needs one for more than one "
+                + "queue pair (VIRTIO_NET_F_MQ); a vduse-net device has one rx/tx pair",
+        ],
+    ]
+
+    /// Every key of each export type, one table per type: the command line (`--export`), the config file
+    /// (`[[export]]`) and the management socket (`add`) all parse through `parse(kind:pairs:)` with these.
+    public static let keys: [Kind: [Key]] = {
+        var out: [Kind: [Key]] = [:]
+        for kind in Kind.allCases {
+            let refused = refusedKeys[kind] ?? [:]
+            let device = deviceKeys[kind.device]!.filter { refused[$0.name] == nil }
+            let transport = TransportSpec.keys(kind.transport)
+            out[kind] = device.filter(\.required) + transport.filter(\.required)
+                + device.filter { !$0.required } + transport.filter { !$0.required }
+        }
+        return out
+    }()
 
     public var kind: Kind
     public var id: String
@@ -75,20 +120,47 @@ public struct ExportSpec: Equatable {
     public var vsock: VsockOptions?
     /// Options of a vhost-user-net export.
     public var net: NetOptions?
-    public var socket: String
-    /// Who may connect: applied before the socket accepts anything (see `UnixListener`).
-    public var socketMode: UInt32 = SocketAccess.defaultMode
-    public var socketOwner: UInt32?
-    public var socketGroup: UInt32?
+    /// How the device reaches its driver.
+    public var transport: TransportSpec
     public var poller: Int?
 
-    public var socketAccess: SocketAccess { SocketAccess(mode: socketMode, owner: socketOwner, group: socketGroup) }
-
-    public init(kind: Kind, blk: BlkOptions, socket: String) {
+    public init(kind: Kind, blk: BlkOptions, transport: TransportSpec) {
         self.kind = kind
         self.id = blk.id
         self.blk = blk
-        self.socket = socket
+        self.transport = transport
+    }
+
+    /// A vhost-user export on `socket`.
+    public init(kind: Kind, blk: BlkOptions, socket: String) {
+        self.init(kind: kind, blk: blk, transport: .vhostUser(socket: socket, access: SocketAccess()))
+    }
+
+    /// The socket path, or the VDUSE device file: unique among exports.
+    public var endpoint: String { transport.endpoint }
+
+    /// A vhost-user export's socket ("" for other transports).
+    public var socket: String {
+        get { if case .vhostUser(let s, _) = transport { return s } else { return "" } }
+        set { if case .vhostUser(_, let a) = transport { transport = .vhostUser(socket: newValue, access: a) } }
+    }
+
+    /// Who may connect to a vhost-user export's socket: applied before it accepts anything (see `UnixListener`).
+    public var socketAccess: SocketAccess {
+        get { if case .vhostUser(_, let a) = transport { return a } else { return SocketAccess() } }
+        set { if case .vhostUser(let s, _) = transport { transport = .vhostUser(socket: s, access: newValue) } }
+    }
+    public var socketMode: UInt32 {
+        get { socketAccess.mode }
+        set { socketAccess.mode = newValue }
+    }
+    public var socketOwner: UInt32? {
+        get { socketAccess.owner }
+        set { socketAccess.owner = newValue }
+    }
+    public var socketGroup: UInt32? {
+        get { socketAccess.group }
+        set { socketAccess.group = newValue }
     }
 
     /// Help text listing every export type and key.
@@ -150,6 +222,13 @@ public struct ExportSpec: Equatable {
         let known = Set(keys[kind]!.map(\.name))
         for (k, v) in pairs {
             if values[k] != nil { throw ExportSpecError(export: id, key: k, message: "given twice") }
+            if let why = refusedKeys[kind]?[k] {
+                throw ExportSpecError(export: id, key: k, message: "\(kind.rawValue) cannot carry it: \(why)")
+            }
+            if kind.transport == .vduse, TransportSpec.keys(.vhostUser).contains(where: { $0.name == k }) {
+                throw ExportSpecError(export: id, key: k, message: "\(kind.rawValue) has no socket: the device appears "
+                                      + "in the kernel (vdpa dev add name NAME mgmtdev vduse); use name=NAME")
+            }
             guard known.contains(k) else {
                 throw ExportSpecError(export: id, key: k,
                                       message: "unknown key for \(kind.rawValue) (known: \(keys[kind]!.map(\.name).joined(separator: ", ")))")
@@ -161,10 +240,22 @@ public struct ExportSpec: Equatable {
         }
         let v = Values(export: id!, values: values)
         var spec: ExportSpec
-        switch kind {
-        case .vhostUserBlk: spec = try parseBlk(id: id!, values: values, v)
-        case .vhostUserVsock: spec = try parseVsock(id: id!, values: values, v)
-        case .vhostUserNet: spec = try NetExportSpec.parse(id: id!, values: values, v)
+        switch kind.device {
+        case .blk: spec = try parseBlk(id: id!, values: values, v)
+        case .vsock: spec = try parseVsock(id: id!, values: values, v)
+        case .net: spec = try NetExportSpec.parse(id: id!, values: values, v)
+        }
+        spec.kind = kind
+        switch kind.transport {
+        case .vhostUser:
+            spec.transport = .vhostUser(socket: values["socket"]!, access: SocketAccess())
+        case .vduse:
+            let name = values["name"]!
+            guard TransportSpec.validVduseName(name) else {
+                throw ExportSpecError(export: id, key: "name",
+                                      message: "expected up to 63 letters, digits, '-', '_' or '.', got '\(name)'")
+            }
+            spec.transport = .vduse(name: name)
         }
         if let m = values["socket-mode"] {
             guard let mode = UInt32(m, radix: 8), mode <= 0o777 else {
@@ -172,7 +263,8 @@ public struct ExportSpec: Equatable {
             }
             spec.socketMode = mode
         }
-        spec.vsock?.socketMode = spec.socketMode
+        let mode = spec.socketMode
+        spec.vsock?.socketMode = mode
         if let o = values["socket-owner"] {
             guard let uid = Account.uid(o) else {
                 throw ExportSpecError(export: id, key: "socket-owner", message: "no user '\(o)' (a user name or a uid)")
@@ -223,7 +315,7 @@ public struct ExportSpec: Equatable {
             }
             blk.engine = engine
         }
-        return ExportSpec(kind: .vhostUserBlk, blk: blk, socket: values["socket"]!)
+        return ExportSpec(kind: .vhostUserBlk, blk: blk, socket: values["socket"] ?? "")
     }
 
     private static func parseVsock(id: String, values: [String: String], _ v: Values) throws -> ExportSpec {
@@ -244,19 +336,22 @@ public struct ExportSpec: Equatable {
             }
             o.groups = groups
         }
-        var spec = ExportSpec(kind: .vhostUserVsock, blk: BlkOptions(id: id, path: ""), socket: values["socket"]!)
+        var spec = ExportSpec(kind: .vhostUserVsock, blk: BlkOptions(id: id, path: ""), socket: values["socket"] ?? "")
         spec.vsock = o
         return spec
     }
 
-    /// Checks across exports: ids and socket paths are unique.
+    /// The key that names an export's endpoint: `socket`, or `name` for VDUSE.
+    public var endpointKey: String { kind.transport == .vduse ? "name" : "socket" }
+
+    /// Checks across exports: ids and endpoints (socket paths, VDUSE names) are unique.
     public static func validate(_ specs: [ExportSpec]) throws {
         var ids = Set<String>(), sockets = Set<String>(), cids = Set<UInt64>()
         var groupPoller: [String: (Int, String)] = [:]
         for s in specs {
             guard ids.insert(s.id).inserted else { throw ExportSpecError(export: s.id, key: "id", message: "used by two exports") }
-            guard sockets.insert(s.socket).inserted else {
-                throw ExportSpecError(export: s.id, key: "socket", message: "\(s.socket) is used by two exports")
+            guard sockets.insert(s.endpoint).inserted else {
+                throw ExportSpecError(export: s.id, key: s.endpointKey, message: "\(s.endpoint) is used by two exports")
             }
             if let v = s.vsock {
                 guard sockets.insert(v.udsPath).inserted else {

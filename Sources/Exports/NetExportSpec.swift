@@ -5,7 +5,6 @@ import Net
 enum NetExportSpec {
     static let keys: [ExportSpec.Key] = [
         ExportSpec.Key(name: "id", help: "export name: logs, stats, switch port name", required: true),
-        ExportSpec.Key(name: "socket", help: "vhost-user socket to create", required: true),
         ExportSpec.Key(name: "switch", help: "the --switch id this NIC is plugged into", required: true),
         ExportSpec.Key(name: "mac", help: "xx:xx:xx:xx:xx:xx: the only source MAC allowed", required: false),
         ExportSpec.Key(name: "num-queues", help: "rx/tx queue pairs, 1-16 (default 1)", required: false),
@@ -30,7 +29,7 @@ enum NetExportSpec {
         guard o.queueSize & (o.queueSize - 1) == 0 else {
             throw ExportSpecError(export: id, key: "queue-size", message: "must be a power of two, got \(o.queueSize)")
         }
-        var spec = ExportSpec(kind: .vhostUserNet, blk: BlkOptions(id: id, path: ""), socket: values["socket"]!)
+        var spec = ExportSpec(kind: .vhostUserNet, blk: BlkOptions(id: id, path: ""), socket: values["socket"] ?? "")
         spec.net = o
         return spec
     }

@@ -36,10 +36,10 @@ public struct ExportEntry: Equatable {
                 throw EntryError(entry: e, key: "id", message: "'\(e.spec.id)' is already used (\(first))")
             }
             ids[e.spec.id] = e.origin
-            if let first = sockets[e.spec.socket] {
-                throw EntryError(entry: e, key: "socket", message: "\(e.spec.socket) is already used (\(first))")
+            if let first = sockets[e.spec.endpoint] {
+                throw EntryError(entry: e, key: e.spec.endpointKey, message: "\(e.spec.endpoint) is already used (\(first))")
             }
-            sockets[e.spec.socket] = e.origin
+            sockets[e.spec.endpoint] = e.origin
         }
         do {
             try ExportSpec.validate(entries.map(\.spec))

@@ -87,7 +87,7 @@ public final class ManagementServer {
         case .list:
             let stats = (try? daemon.stats()) ?? StatsReport.empty
             let listed = daemon.entries.map { e in
-                ManagementReply.Listed(id: e.spec.id, type: e.spec.kind.rawValue, socket: e.spec.socket,
+                ManagementReply.Listed(id: e.spec.id, type: e.spec.kind.rawValue, socket: e.spec.endpoint,
                                        connected: stats.exports.first(where: { $0.id == e.spec.id })?.connected ?? false,
                                        origin: "\(e.origin)")
             }

@@ -2,11 +2,22 @@
 /// hands to each poller; the old one (and its mappings) goes away when the last poller drops it.
 public final class GuestMemory {
     public let regions: [MemoryRegion]
+    /// Where an address outside every region is looked up before it counts as outside memory (VDUSE: IOVAs the
+    /// kernel mapped after the table was made); nil: a miss is final.
+    public let faulter: MemoryFaulter?
 
     public static let empty = GuestMemory(regions: [])
 
-    public init(regions: [MemoryRegion]) {
+    public init(regions: [MemoryRegion], faulter: MemoryFaulter? = nil) {
         self.regions = regions.sorted { $0.guestAddress < $1.guestAddress }
+        self.faulter = faulter
+    }
+
+    /// A snapshot that also holds the region the faulter finds for `gpa`, or nil if it finds none. Every region of
+    /// this one stays in it, so nothing a request still points into is unmapped.
+    public func faultingIn(gpa: UInt64) -> GuestMemory? {
+        guard let faulter, let r = faulter.resolve(gpa), r.containsGuest(gpa) else { return nil }
+        return GuestMemory(regions: regions.filter { $0 !== r } + [r], faulter: faulter)
     }
 
     /// Host pointer and the number of contiguous bytes available from a guest-physical address.

@@ -57,6 +57,9 @@ public final class InflightMemory {
 
     deinit { munmap(base, Int(mmapSize)) }
 
+    /// Forgets every queue's record (a device reset: the next driver starts from scratch). No ring may use it.
+    public func clear() { memset(base, 0, Int(mmapSize)) }
+
     /// Queue `index`'s region, if the region has one for it and its ring has the size the region was made for.
     public func queue(_ index: Int, size: Int) -> SplitInflight? {
         guard index < numQueues, size == queueSize else { return nil }

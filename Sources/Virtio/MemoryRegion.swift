@@ -49,6 +49,28 @@ public final class MemoryRegion {
         self.host = p + Int(mmapOffset)
     }
 
+    /// Maps `size` bytes at `offset` of a file the kernel handed out for an IOVA range (VDUSE_IOTLB_GET_FD), at
+    /// guest (IO virtual) address `guestAddress`. Such a file has no size to check against: the kernel gave the
+    /// range. Read-only when the mapping's permission is. The fd is not kept.
+    public init(iotlbFD fd: Int32, offset: UInt64, guestAddress: UInt64, size: UInt64, writable: Bool) throws {
+        guard size > 0, size <= MemoryRegion.maxSize, guestAddress.addingReportingOverflow(size).overflow == false,
+              offset.addingReportingOverflow(size).overflow == false
+        else { throw SystemError("mmap(IOTLB range)", errno: EINVAL) }
+        let page = UInt64(getpagesize())
+        let start = offset & ~(page - 1)
+        let length = Int(size + (offset - start))
+        let p = mmap(nil, length, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, off_t(start))
+        guard let p, p != MAP_FAILED else { throw SystemError("mmap(IOTLB range)", errno: Glibc.errno) }
+        self.guestAddress = guestAddress
+        self.size = size
+        self.userAddress = guestAddress
+        self.mmapOffset = offset
+        self.mapBase = p
+        self.mapLength = length
+        self.allocated = false
+        self.host = p + Int(offset - start)
+    }
+
     deinit { munmap(mapBase, mapLength) }
 
     @inline(__always)

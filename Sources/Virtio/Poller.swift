@@ -67,7 +67,7 @@ public final class Poller {
         case attach(QueueBinding, FixedBufferMap?, (QueueContext) throws -> QueueHandler, Completion<Result<UInt16, Error>>)
         case detach(UInt16, Completion<UInt16>)
         case updateMemory([UInt16], GuestMemory, [UInt16: FixedBufferMap?], Completion<Void>)
-        case replaceCall(UInt16, EventFD?, Completion<Void>)
+        case replaceInterrupt(UInt16, InterruptNotifier?, Completion<Void>)
         case setDirtyLog(UInt16, DirtyLog?, UInt64?, Completion<Void>)
         case exit
     }
@@ -220,10 +220,16 @@ public final class Poller {
         for m in old { fixedBufferTable.release(m) }
     }
 
-    public func replaceCall(slot: UInt16, call: EventFD?) {
+    /// Gives a running queue a new interrupt (vhost-user SET_VRING_CALL); returns once the poller uses it.
+    public func replaceInterrupt(slot: UInt16, interrupt: InterruptNotifier?) {
         let done = Completion<Void>()
-        send(.replaceCall(slot, call, done))
+        send(.replaceInterrupt(slot, interrupt, done))
         done.wait()
+    }
+
+    /// The same with a call eventfd.
+    public func replaceCall(slot: UInt16, call: EventFD?) {
+        replaceInterrupt(slot: slot, interrupt: call.map { .eventFD($0) })
     }
 
     /// Starts, stops or moves dirty-page logging of a running queue (live migration); returns once it is in effect.
@@ -411,8 +417,8 @@ public final class Poller {
                     if let map = maps[id] { slot.handler.fixedBuffersChanged(map) }
                 }
                 done.fulfill(())
-            case .replaceCall(let id, let fd, let done):
-                if Int(id) < slots.count, let slot = slots[Int(id)] { slot.binding.replaceCall(fd) }
+            case .replaceInterrupt(let id, let n, let done):
+                if Int(id) < slots.count, let slot = slots[Int(id)] { slot.binding.replaceInterrupt(n) }
                 done.fulfill(())
             case .setDirtyLog(let id, let log, let used, let done):
                 if Int(id) < slots.count, let slot = slots[Int(id)] { slot.binding.setDirtyLog(log, usedLogAddress: used) }

@@ -1,10 +1,11 @@
-/// A started queue as the poller sees it: the ring, its kick and call eventfds, and used entries waiting
+/// A started queue as the poller sees it: the ring, its kick eventfd and interrupt, and used entries waiting
 /// to be published. Created by a transport, owned by one poller from attach to detach.
 public final class QueueBinding {
     public let name: String
     public let vq: SplitVirtqueue
     public let kick: EventFD?
-    public private(set) var call: EventFD?
+    /// How the driver is interrupted (nil: never, e.g. a vhost-user frontend that polls).
+    public private(set) var interrupt: InterruptNotifier?
     public let stats: QueueStats
     /// Called on the poller thread when the guest broke a ring rule and the queue stopped.
     public let onError: (Error) -> Void
@@ -16,14 +17,20 @@ public final class QueueBinding {
     public private(set) var dirtyLog: DirtyLog?
     private var usedLogAddress: UInt64?
 
-    public init(name: String, vq: SplitVirtqueue, kick: EventFD?, call: EventFD?, stats: QueueStats,
+    public init(name: String, vq: SplitVirtqueue, kick: EventFD?, interrupt: InterruptNotifier?, stats: QueueStats,
                 onError: @escaping (Error) -> Void) {
         self.stats = stats
         self.name = name
         self.vq = vq
         self.kick = kick
-        self.call = call
+        self.interrupt = interrupt
         self.onError = onError
+    }
+
+    /// A queue interrupted through a call eventfd (vhost-user, tests).
+    public convenience init(name: String, vq: SplitVirtqueue, kick: EventFD?, call: EventFD?, stats: QueueStats,
+                            onError: @escaping (Error) -> Void) {
+        self.init(name: name, vq: vq, kick: kick, interrupt: call.map { .eventFD($0) }, stats: stats, onError: onError)
     }
 
     /// Returns a finished request to the driver; published at the next flush().
@@ -40,8 +47,8 @@ public final class QueueBinding {
         unpublished = 0
         vq.publishUsed()
         logUsedRing()
-        if vq.needsInterrupt(), let call {
-            call.signal()
+        if vq.needsInterrupt(), let interrupt {
+            interrupt.signal()
             stats.add(.notifications)
         }
     }
@@ -53,8 +60,8 @@ public final class QueueBinding {
         if let dirtyLog, let usedLogAddress { dirtyLog.mark(gpa: usedLogAddress, length: 6 + 8 * UInt64(vq.size)) }
     }
 
-    /// Poller-thread only: a new call fd from the frontend (SET_VRING_CALL on a running ring).
-    func replaceCall(_ fd: EventFD?) { call = fd }
+    /// Poller-thread only: a new interrupt for a running ring (vhost-user SET_VRING_CALL).
+    func replaceInterrupt(_ n: InterruptNotifier?) { interrupt = n }
 
     /// Poller-thread only (or before the ring starts): logging starts, stops or moves to a new bitmap.
     public func setDirtyLog(_ log: DirtyLog?, usedLogAddress: UInt64?) {

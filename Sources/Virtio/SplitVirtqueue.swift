@@ -51,8 +51,9 @@ public final class SplitVirtqueue {
         self.eventIdx = features & VirtioFeature.ringEventIdx != 0
         self.indirect = features & VirtioFeature.ringIndirectDesc != 0
         self.addresses = addresses
+        var memory = memory
+        let (d, a, u) = try SplitVirtqueue.mapRings(addresses, size: Int(size), memory: &memory)
         self.memory = memory
-        let (d, a, u) = try SplitVirtqueue.mapRings(addresses, size: Int(size), memory: memory)
         desc = d
         avail = a
         used = u
@@ -82,12 +83,14 @@ public final class SplitVirtqueue {
     }
 
     /// virtio 1.3, 2.7: descriptor table 16-aligned, avail 2-aligned, used 4-aligned; sizes include event fields.
-    static func mapRings(_ a: VringAddresses, size: Int, memory: GuestMemory) throws
+    static func mapRings(_ a: VringAddresses, size: Int, memory: inout GuestMemory) throws
         -> (UnsafeMutableRawPointer, UnsafeMutableRawPointer, UnsafeMutableRawPointer) {
         guard a.descriptorTable % 16 == 0 else { throw VirtqueueError.ringAddressInvalid("descriptor table misaligned") }
         guard a.availRing % 2 == 0 else { throw VirtqueueError.ringAddressInvalid("avail ring misaligned") }
         guard a.usedRing % 4 == 0 else { throw VirtqueueError.ringAddressInvalid("used ring misaligned") }
         func map(_ addr: UInt64, _ len: Int, _ what: String) throws -> UnsafeMutableRawPointer {
+            if a.guestPhysical, memory.translate(gpa: addr, length: UInt64(len)) == nil,
+               let m = memory.faultingIn(gpa: addr) { memory = m }
             let p = a.guestPhysical ? memory.translate(gpa: addr, length: UInt64(len))
                                     : memory.translate(userAddress: addr, length: UInt64(len))
             guard let p else { throw VirtqueueError.ringAddressInvalid("\(what) outside guest memory") }
@@ -100,7 +103,8 @@ public final class SplitVirtqueue {
 
     /// Re-translates the rings after a memory table change.
     public func remap(memory: GuestMemory) throws {
-        let (d, a, u) = try SplitVirtqueue.mapRings(addresses, size: Int(size), memory: memory)
+        var memory = memory
+        let (d, a, u) = try SplitVirtqueue.mapRings(addresses, size: Int(size), memory: &memory)
         self.memory = memory
         desc = d
         avail = a
@@ -211,7 +215,8 @@ public final class SplitVirtqueue {
                 guard len > 0, len % UInt32(SplitVirtqueue.descriptorSize) == 0, count <= UInt32(size) else {
                     throw VirtqueueError.indirectTableInvalid(len)
                 }
-                guard let t = memory.translate(gpa: addr, length: UInt64(len)) else {
+                guard let t = memory.translate(gpa: addr, length: UInt64(len))
+                        ?? (faultIn(addr) ? memory.translate(gpa: addr, length: UInt64(len)) : nil) else {
                     throw VirtqueueError.descriptorOutsideMemory(addr, len)
                 }
                 table = t
@@ -243,12 +248,23 @@ public final class SplitVirtqueue {
         guard !overflow else { throw VirtqueueError.descriptorOutsideMemory(addr, len) }
         var a = addr
         while a < end {
-            guard let (p, avail) = memory.lookup(gpa: a) else { throw VirtqueueError.descriptorOutsideMemory(addr, len) }
+            guard let (p, avail) = memory.lookup(gpa: a) ?? (faultIn(a) ? memory.lookup(gpa: a) : nil) else {
+                throw VirtqueueError.descriptorOutsideMemory(addr, len)
+            }
             let n = min(avail, end - a)
             guard seg.append(p, Int(n), writable: writable) else { throw VirtqueueError.tooManySegments }
             if writable { seg.writableBytes += n } else { seg.readableBytes += n }
             a += n
         }
+    }
+
+    /// A miss on memory with a faulter (VDUSE): this queue's snapshot grows by the region holding `gpa`. Rare
+    /// (once per mapping), so off the inlined path.
+    @inline(never)
+    private func faultIn(_ gpa: UInt64) -> Bool {
+        guard memory.faulter != nil, let m = memory.faultingIn(gpa: gpa) else { return false }
+        memory = m
+        return true
     }
 
     // MARK: used side

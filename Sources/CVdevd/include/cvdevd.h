@@ -173,6 +173,47 @@ int32_t vdv_cpus_online(void);
 int32_t vdv_thread_id(void);
 void vdv_set_thread_name(const char *name);
 
+
+// ---- VDUSE (Documentation/userspace-api/vduse.rst): control device, device fd ioctls, requests ----
+// Every call returns 0 (or an fd), or -errno.
+int32_t vdv_vduse_set_api_version(int32_t control_fd, uint64_t version);
+int32_t vdv_vduse_create_dev(int32_t control_fd, const char *name, uint32_t device_id, uint32_t vendor_id,
+                             uint64_t features, uint32_t vq_num, uint32_t vq_align, const uint8_t *config,
+                             uint32_t config_size);
+int32_t vdv_vduse_destroy_dev(int32_t control_fd, const char *name);
+int32_t vdv_vduse_vq_setup(int32_t dev_fd, uint32_t index, uint16_t max_size);
+int32_t vdv_vduse_get_features(int32_t dev_fd, uint64_t *features);
+// struct vduse_vq_info of a split ring.
+typedef struct {
+    uint32_t index, num;
+    uint64_t desc_addr, driver_addr, device_addr;
+    uint16_t avail_index;
+    uint8_t ready;
+} vdv_vduse_vq_info;
+int32_t vdv_vduse_vq_get_info(int32_t dev_fd, uint32_t index, vdv_vduse_vq_info *out);
+// fd -1 deassigns.
+int32_t vdv_vduse_vq_setup_kickfd(int32_t dev_fd, uint32_t index, int32_t fd);
+int32_t vdv_vduse_vq_inject_irq(int32_t dev_fd, uint32_t index);
+// struct vduse_iotlb_entry; perm: 1 read, 2 write, 3 both.
+typedef struct {
+    uint64_t offset, start, last;
+    uint8_t perm;
+} vdv_vduse_iotlb_entry;
+// The first mapping overlapping [start, last]: fills the entry and returns a new fd of its file.
+int32_t vdv_vduse_iotlb_get_fd(int32_t dev_fd, vdv_vduse_iotlb_entry *entry);
+// struct vduse_dev_request, flattened: type 0 GET_VQ_STATE (vq_index), 1 SET_STATUS (status),
+// 2 UPDATE_IOTLB (iova_start, iova_last).
+typedef struct {
+    uint32_t type, request_id, vq_index;
+    uint8_t status;
+    uint64_t iova_start, iova_last;
+} vdv_vduse_request;
+// One blocking read of one request (-EIO for a short one).
+int32_t vdv_vduse_read_request(int32_t dev_fd, vdv_vduse_request *out);
+// struct vduse_dev_response: OK or FAILED; the vq state for GET_VQ_STATE.
+int32_t vdv_vduse_write_response(int32_t dev_fd, uint32_t request_id, int32_t ok, uint32_t vq_index,
+                                 uint16_t avail_index);
+
 #endif
 
 /* ---- net (switch refcounts and counters shared between pollers; tap uplink) ---- */

@@ -54,10 +54,7 @@ public final class VhostUserExport: Export {
         listener?.removeFile()
         listener = nil
         for f in onStop { f() }
-        for (i, s) in queueStats.enumerated() {
-            let fields = QueueStats.Counter.allCases.map { "\($0)=\(s.get($0))" }.joined(separator: " ")
-            logger.info("queue \(i) totals: \(fields)")
-        }
+        queueStats.logTotals(logger)
     }
 
     public var stats: [String: Any] {

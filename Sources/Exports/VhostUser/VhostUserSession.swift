@@ -7,39 +7,25 @@ import Virtio
 /// The backend's state for one connected frontend: negotiated features, the memory table and each vring.
 /// Runs on the export's control thread; rings run on pollers and are touched only through them.
 final class VhostUserSession {
-    struct Vring {
-        var num: UInt32 = 0
-        var base: UInt16 = 0
-        var addresses: VringAddresses?
-        var kick: EventFD?
-        var kickSet = false
-        var call: EventFD?
-        var err: EventFD?
-        var enabled = false
-        var running: (poller: Poller, slot: UInt16)?
-        /// SET_VRING_ADDR's VHOST_VRING_F_LOG and log_guest_addr: where writes to the used ring are logged.
-        var usedLogAddress: UInt64?
-    }
-
-    let device: VirtioDevice
-    let pollers: PollerGroup
-    let preferredPoller: Int?
-    let queueStats: [QueueStats]
+    /// The transport-neutral state: features, memory, queues, pollers, reset.
+    let session: DeviceSession
+    var device: VirtioDevice { session.device }
     var logger: Logger
     let connection: VhostUserConnection
 
-    private(set) var features: UInt64 = 0
+    var features: UInt64 { session.features }
     private(set) var protocolFeatures: UInt64 = 0
-    private var memory = GuestMemory.empty
-    private var vrings: [Vring]
     private var status: UInt8 = 0
-    private var sessionPoller: Poller?
     /// Told which poller serves a queue (nil once it stops), for the export's stats; control thread.
-    var onPlacement: (_ queue: Int, _ poller: Int?) -> Void = { _, _ in }
-    /// The frontend's in-flight region (SET_INFLIGHT_FD), kept across our restarts by the frontend.
-    private var inflight: InflightMemory?
-    /// The dirty-page bitmap of a live migration (SET_LOG_BASE); logging is on while LOG_ALL is acked.
-    private var dirtyLog: DirtyLog?
+    var onPlacement: (_ queue: Int, _ poller: Int?) -> Void {
+        get { session.onPlacement }
+        set { session.onPlacement = newValue }
+    }
+    /// The vrings, as the device session keeps them.
+    private var vrings: [DeviceSession.Queue] {
+        get { session.queues }
+        _modify { yield &session.queues }
+    }
 
     /// What this backend supports of the protocol.
     static let supportedProtocolFeatures: UInt64 =
@@ -63,13 +49,10 @@ final class VhostUserSession {
 
     init(device: VirtioDevice, pollers: PollerGroup, preferredPoller: Int?, queueStats: [QueueStats],
          connection: VhostUserConnection, logger: Logger) {
-        self.device = device
-        self.pollers = pollers
-        self.preferredPoller = preferredPoller
-        self.queueStats = queueStats
+        session = DeviceSession(device: device, pollers: pollers, preferredPoller: preferredPoller,
+                                queueStats: queueStats, logger: logger)
         self.connection = connection
         self.logger = logger
-        vrings = Array(repeating: Vring(), count: device.maxQueues)
     }
 
     var protocolFeaturesNegotiated: Bool { features & vhostUserFProtocolFeatures != 0 }
@@ -151,12 +134,12 @@ final class VhostUserSession {
                 guard (f ^ features) & ~VirtioFeature.logAll == 0 else {
                     throw VhostUserError.rejected("SET_FEATURES while rings are running")
                 }
-                features = f
-                updateDirtyLogging()
+                session.features = f
+                session.updateDirtyLogging()
                 logger.info("dirty-page logging \(f & VirtioFeature.logAll != 0 ? "on" : "off")")
                 break
             }
-            features = f
+            session.features = f
             device.featuresAcked(f & ~(vhostUserFProtocolFeatures | VirtioFeature.logAll))
             logger.debug("features acked 0x\(String(f, radix: 16))")
         case .getProtocolFeatures:
@@ -203,7 +186,7 @@ final class VhostUserSession {
                 // A running ring only changes whether its used ring is logged (QEMU, as a migration starts or ends).
                 guard addresses == vrings[i].addresses else { throw VhostUserError.rejected("vring \(i) is running") }
                 vrings[i].usedLogAddress = logUsed ? logAddress : nil
-                updateDirtyLogging()
+                session.updateDirtyLogging()
                 break
             }
             vrings[i].addresses = addresses
@@ -219,7 +202,7 @@ final class VhostUserSession {
             guard Int(raw) < vrings.count else { throw VhostUserError.malformed("GET_VRING_BASE index \(raw)") }
             let i = Int(raw)
             // vhost-user.rst: GET_VRING_BASE stops the ring; its kick fd is forgotten until the next start.
-            stopVring(i)
+            session.stopQueue(i)
             vrings[i].kick = nil
             vrings[i].kickSet = false
             var p = [UInt8]()
@@ -233,7 +216,7 @@ final class VhostUserSession {
             let i = try vringIndex(m, try r.u32(0))
             let on = try r.u32(4) != 0
             vrings[i].enabled = on
-            if on { try startVringIfReady(i) } else { stopVring(i) }
+            if on { try startVringIfReady(i) } else { session.stopQueue(i) }
         case .getConfig:
             try expectPayload(m, 12)
             let offset = Int(try r.u32(0))
@@ -262,7 +245,7 @@ final class VhostUserSession {
             // for its base: the rings stop, and each keeps its base for GET_VRING_BASE (wiping them here made a
             // migrated guest resume at index 0). The next start sets everything again.
             if s == 0 && status != 0 {
-                for i in vrings.indices { stopVring(i) }
+                session.stopAllQueues()
                 device.reset()
             }
             status = s
@@ -324,35 +307,27 @@ final class VhostUserSession {
     private func addMemoryRegion(_ m: VhostUserMessage, _ r: PayloadReader) throws {
         try expectPayload(m, 40)
         guard m.fds.count == 1 else { throw VhostUserError.malformed("ADD_MEM_REG with \(m.fds.count) fds") }
-        guard memory.regions.count < Self.maxMemSlots else { throw VhostUserError.rejected("all \(Self.maxMemSlots) memory slots used") }
+        guard session.memory.regions.count < Self.maxMemSlots else { throw VhostUserError.rejected("all \(Self.maxMemSlots) memory slots used") }
         let reg = try region(r, at: 8, fd: m.fds[0])
-        for old in memory.regions where reg.guestAddress < old.guestAddress + old.size && old.guestAddress < reg.guestAddress + reg.size {
+        for old in session.memory.regions where reg.guestAddress < old.guestAddress + old.size && old.guestAddress < reg.guestAddress + reg.size {
             throw VhostUserError.rejected("region at 0x\(String(reg.guestAddress, radix: 16)) overlaps an existing one")
         }
-        try installMemory(GuestMemory(regions: memory.regions + [reg]))
+        try installMemory(GuestMemory(regions: session.memory.regions + [reg]))
     }
 
     private func removeMemoryRegion(_ m: VhostUserMessage, _ r: PayloadReader) throws {
         try expectPayload(m, 40)
         let gpa = try r.u64(8), size = try r.u64(16), uva = try r.u64(24)
-        let kept = memory.regions.filter { !($0.guestAddress == gpa && $0.size == size && $0.userAddress == uva) }
-        guard kept.count < memory.regions.count else {
+        let kept = session.memory.regions.filter { !($0.guestAddress == gpa && $0.size == size && $0.userAddress == uva) }
+        guard kept.count < session.memory.regions.count else {
             throw VhostUserError.rejected("no region at gpa=0x\(String(gpa, radix: 16)) size=\(size)")
         }
         try installMemory(GuestMemory(regions: kept))
     }
 
-    /// Swaps the table; running rings move to it through their pollers before the old one is released.
+    /// Swaps the table through the device session (running rings move to it first), then starts ready rings.
     private func installMemory(_ new: GuestMemory) throws {
-        memory = new
-        var byPoller: [ObjectIdentifier: (Poller, [UInt16])] = [:]
-        for v in vrings {
-            guard let (p, s) = v.running else { continue }
-            byPoller[ObjectIdentifier(p), default: (p, [])].1.append(s)
-        }
-        for (_, (p, slots)) in byPoller { p.updateMemory(slots: slots, memory: new) }
-        logger.debug("memory table: \(new.regions.count) regions")
-        for i in vrings.indices where vrings[i].running == nil { try startVringIfReady(i) }
+        do { try session.installMemory(new) } catch let e as DeviceSessionError { throw VhostUserError.rejected(e.description) }
     }
 
     // MARK: live migration (vhost-user.rst, "Migration")
@@ -362,24 +337,14 @@ final class VhostUserSession {
         try expectPayload(m, 16)
         guard m.fds.count == 1 else { throw VhostUserError.malformed("SET_LOG_BASE with \(m.fds.count) fds") }
         do {
-            dirtyLog = try DirtyLog(fd: m.fds[0], mmapSize: try r.u64(0), offset: try r.u64(8))
+            session.dirtyLog = try DirtyLog(fd: m.fds[0], mmapSize: try r.u64(0), offset: try r.u64(8))
         } catch {
             throw VhostUserError.malformed("dirty log: \(error)")
         }
-        updateDirtyLogging()
+        session.updateDirtyLogging()
         try connection.replyU64(to: m.request, 0)
-        logger.info("dirty log: \(dirtyLog!.size) bytes (guest memory up to \((dirtyLog!.size * 8 * DirtyLog.pageSize) >> 20) MiB)")
-    }
-
-    /// The log each ring writes to: the bitmap while LOG_ALL is acked, else none.
-    private var activeDirtyLog: DirtyLog? { features & VirtioFeature.logAll != 0 ? dirtyLog : nil }
-
-    /// Running rings take the current logging state.
-    private func updateDirtyLogging() {
-        for v in vrings {
-            guard let (p, s) = v.running else { continue }
-            p.setDirtyLog(slot: s, log: activeDirtyLog, usedLogAddress: v.usedLogAddress)
-        }
+        let size = session.dirtyLog!.size
+        logger.info("dirty log: \(size) bytes (guest memory up to \((size * 8 * DirtyLog.pageSize) >> 20) MiB)")
     }
 
     // MARK: in-flight tracking (vhost-user.rst, "Inflight I/O tracking")
@@ -400,7 +365,7 @@ final class VhostUserSession {
             throw VhostUserError.rejected("in-flight region: \(error)")
         }
         defer { closeFD(fd) }
-        inflight = region
+        session.inflight = region
         var p = [UInt8]()
         p.appendLE(region.mmapSize)
         p.appendLE(UInt64(0))
@@ -419,7 +384,7 @@ final class VhostUserSession {
             throw VhostUserError.rejected("in-flight region for \(queues) queues of \(qsize)")
         }
         do {
-            inflight = try InflightMemory(fd: m.fds[0], mmapSize: size, offset: offset, numQueues: queues, queueSize: qsize)
+            session.inflight = try InflightMemory(fd: m.fds[0], mmapSize: size, offset: offset, numQueues: queues, queueSize: qsize)
         } catch {
             throw VhostUserError.rejected("in-flight region: \(error)")
         }
@@ -447,7 +412,7 @@ final class VhostUserSession {
         }
         switch m.request {
         case .setVringKick:
-            if vrings[i].running != nil { stopVring(i) }
+            if vrings[i].running != nil { session.stopQueue(i) }
             guard !noFD else { throw VhostUserError.rejected("vring \(i): polling without a kick fd is not supported") }
             vrings[i].kick = efd
             vrings[i].kickSet = true
@@ -455,87 +420,25 @@ final class VhostUserSession {
             if !protocolFeaturesNegotiated { vrings[i].enabled = true }
             try startVringIfReady(i)
         case .setVringCall:
-            vrings[i].call = efd
-            if let (p, s) = vrings[i].running { p.replaceCall(slot: s, call: efd) }
+            session.setInterrupt(i, efd.map { .eventFD($0) })
         default:
             vrings[i].err = efd
         }
     }
 
     private func startVringIfReady(_ i: Int) throws {
-        let v = vrings[i]
-        guard v.running == nil, v.enabled, v.kickSet, let addr = v.addresses, v.num > 0,
-              !memory.regions.isEmpty else { return }
-        let name = "q\(i)"
-        let vq: SplitVirtqueue
-        do {
-            vq = try SplitVirtqueue(index: i, size: v.num, addresses: addr, memory: memory,
-                                    features: features, lastAvailIdx: v.base)
-        } catch {
-            throw VhostUserError.rejected("vring \(i): \(error)")
-        }
-        if let inflight {
-            if let region = inflight.queue(i, size: Int(v.num)) {
-                let n = vq.trackInflight(region)
-                if n > 0 { logger.notice("queue \(i): resubmitting \(n) request(s) left in flight by the previous backend") }
-            } else {
-                logger.warning("queue \(i): the in-flight region has no place for it (\(inflight.numQueues) queues of \(inflight.queueSize), ring of \(v.num)): not tracked")
-            }
-        }
-        let err = v.err
-        let log = logger
-        let binding = QueueBinding(name: name, vq: vq, kick: v.kick, call: v.call, stats: queueStats[i]) { e in
-            // On the poller thread: the guest broke a ring rule; this queue stops, nothing else does.
-            log.error("queue \(i) stopped: \(e)")
-            err?.signal()
-        }
-        binding.report = { log.warning("queue \(i): \($0)") }
-        binding.setDirtyLog(activeDirtyLog, usedLogAddress: v.usedLogAddress)
-        // Devices whose queues share state (vsock) keep all of them on one poller.
-        let poller: Poller
-        if device.queuesSharePoller {
-            if sessionPoller == nil { sessionPoller = pollers.pick(preferred: preferredPoller) }
-            poller = sessionPoller!
-        } else {
-            poller = pollers.pick(preferred: preferredPoller)
-        }
-        let dev = device
-        let slot = try poller.attach(binding, fixedBuffers: dev.usesFixedBuffers) { ctx in try dev.makeQueueHandler(context: ctx) }
-        vrings[i].running = (poller, slot)
-        onPlacement(i, poller.id)
-        logger.info("queue \(i) started on poller \(poller.id) (size \(v.num), avail base \(v.base))")
-        if dev.usesFixedBuffers {
-            if let map = poller.fixedBufferTable.map(ofSlot: slot) ?? nil {
-                logger.info("queue \(i): guest memory registered with io_uring as \(map.chunkCount) fixed buffer(s)")
-            } else {
-                let why = poller.fixedBufferTable.lastFailure ?? "guest memory is not preallocated (QEMU prealloc=on or hugepages)"
-                logger.notice("queue \(i): no fixed buffers: \(why)")
-            }
-        }
-    }
-
-    private func stopVring(_ i: Int) {
-        guard let (p, s) = vrings[i].running else { return }
-        vrings[i].base = p.detach(slot: s)
-        vrings[i].running = nil
-        onPlacement(i, nil)
-        logger.info("queue \(i) stopped at avail index \(vrings[i].base)")
+        do { try session.startQueueIfReady(i) } catch let e as DeviceSessionError { throw VhostUserError.rejected(e.description) }
     }
 
     private func resetDevice() {
-        for i in vrings.indices { stopVring(i) }
-        vrings = Array(repeating: Vring(), count: device.maxQueues)
-        features = 0
+        session.reset()
         status = 0
-        inflight = nil
-        dirtyLog = nil
-        device.reset()
     }
 
     /// Frontend gone: stop every ring, drop mappings and fds, reset the device for the next frontend.
     func teardown() {
-        resetDevice()
+        session.teardown()
+        status = 0
         protocolFeatures = 0
-        memory = GuestMemory.empty
     }
 }
