@@ -9,6 +9,9 @@ public final class GuestMemory {
         self.regions = regions.sorted { $0.guestAddress < $1.guestAddress }
     }
 
+    /// Some region's file shrank under its mapping (the SIGBUS guard caught the fault): queues on it must stop.
+    public var vanished: Bool { regions.contains { $0.vanished } }
+
     /// Host pointer and the number of contiguous bytes available from a guest-physical address.
     @inline(__always)
     public func lookup(gpa: UInt64) -> (UnsafeMutableRawPointer, UInt64)? {

@@ -11,6 +11,7 @@ public final class InflightMemory {
     public let queueSize: Int
     public let mmapSize: UInt64
     let base: UnsafeMutableRawPointer
+    private let mapping: GuestMapping
 
     /// Header (features u64, version u16, desc_num u16, last_batch_head u16, used_idx u16), then one 16-byte
     /// DescStateSplit per descriptor; queue regions 64-byte aligned.
@@ -49,13 +50,11 @@ public final class InflightMemory {
               mmapSize >= UInt64(numQueues * InflightMemory.regionSize(queueSize: queueSize)) else {
             throw SystemError("inflight region (\(numQueues) queues of \(queueSize), \(mmapSize) bytes)", errno: EINVAL)
         }
-        base = try mapFrontendFile(fd: fd, length: mmapSize, offset: offset, what: "inflight region")
+        (mapping, base) = try mapFrontendFile(fd: fd, length: mmapSize, offset: offset, what: "inflight region")
         self.mmapSize = mmapSize
         self.numQueues = numQueues
         self.queueSize = queueSize
     }
-
-    deinit { munmap(base, Int(mmapSize)) }
 
     /// Queue `index`'s region, if the region has one for it and its ring has the size the region was made for.
     public func queue(_ index: Int, size: Int) -> SplitInflight? {

@@ -135,6 +135,7 @@ typedef struct {
 } vdv_backing_info;
 // 0, or -errno; -EINVAL when fd is neither a regular file nor a block device.
 int32_t vdv_backing_probe(int32_t fd, vdv_backing_info *info);
+// A memfd that allows sealing (as QEMU's memory-backend-memfd makes): vdevd seals guest memory against shrinking.
 int32_t vdv_memfd_create(const char *name);
 // 1 when the first `length` bytes of a guest memory fd already have memory behind them (hugetlbfs, or a file
 // whose blocks cover the length: preallocated), so pinning them allocates nothing; else 0.
@@ -170,6 +171,39 @@ int32_t vdv_cpus_of_process(int32_t *out, int32_t max);
 int32_t vdv_cpus_online(void);
 int32_t vdv_thread_id(void);
 void vdv_set_thread_name(const char *name);
+
+// ---- Guest memory fds: what file system they live on, whether they can shrink ----
+enum { VDV_MEMFS_OTHER = 0, VDV_MEMFS_SHMEM = 1, VDV_MEMFS_HUGETLB = 2 };
+typedef struct {
+    int64_t size;
+    int32_t is_regular;
+    int32_t is_memfd;       // made by memfd_create (/proc/self/fd names it "/memfd:...")
+    int32_t fs_kind;        // VDV_MEMFS_*
+    int32_t seals;          // F_GET_SEALS, or -1 where the file system has no seals
+    uint64_t fs_magic;      // statfs f_type, for messages
+    uint64_t block_size;    // st_blksize: the huge page size on hugetlbfs
+} vdv_memory_fd_info;
+int32_t vdv_memory_fd_describe(int32_t fd, vdv_memory_fd_info *info);
+extern const int32_t VDV_F_SEAL_SEAL;
+extern const int32_t VDV_F_SEAL_SHRINK;
+// F_ADD_SEALS(F_SEAL_SHRINK); 0 or -errno (-EPERM: the memfd was made without MFD_ALLOW_SEALING, or is sealed).
+int32_t vdv_memfd_seal_shrink(int32_t fd);
+extern const uint32_t VDV_MFD_ALLOW_SEALING;
+extern const uint32_t VDV_MFD_HUGETLB;
+// memfd_create(name, MFD_CLOEXEC | flags); fd or -errno.
+int32_t vdv_memfd_create_flags(const char *name, uint32_t flags);
+
+// ---- Guest mappings that survive their file vanishing (SIGBUS), see guest_fault.c ----
+enum { VDV_GUEST_MAPPING_SLOTS = 8192 };
+// Installs the SIGBUS handler once; 0 or -errno.
+int32_t vdv_guest_fault_guard_install(void);
+// Registers [start, start+length) (length rounded to the mapping's page size); slot or -errno (-ENOSPC: full).
+int32_t vdv_guest_mapping_register(void *start, uint64_t length);
+void vdv_guest_mapping_unregister(int32_t slot);
+// 1 once a fault in the slot's mapping replaced it with zero memory.
+int32_t vdv_guest_mapping_faulted(int32_t slot);
+// Bumped at every such fault: a poller compares it once a pass.
+uint64_t vdv_guest_fault_generation(void);
 
 #endif
 
