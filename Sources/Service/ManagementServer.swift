@@ -98,7 +98,8 @@ public final class ManagementServer {
                 logger.info("export added through the management socket", metadata: ["export": "\(spec.id)"])
                 return ManagementReply(ok: true)
             } catch {
-                logger.warning("add refused: \(error)", metadata: ["export": "\(spec.id)"])
+                // The error can quote what the client sent: escaped for the log.
+                logger.warning("add refused: \(logEscaped("\(error)", limit: 512))", metadata: ["export": "\(logEscaped(spec.id))"])
                 return .failure("\(error)")
             }
         case .remove(let id):

@@ -69,7 +69,7 @@ extension VsockEngine {
         let early = Array(c.connectLine[(nl + 1)...])
         let parts = line.split(separator: " ")
         guard parts.count == 2, parts[0] == "CONNECT", let port = UInt32(parts[1]) else {
-            device.log("host connection sent '\(line.prefix(32))', expected CONNECT <port>; closed")
+            device.log("host connection sent '\(logEscaped(lineBytes, limit: 32))', expected CONNECT <port>; closed")
             return close(c)
         }
         guard rx != nil, tx != nil else {

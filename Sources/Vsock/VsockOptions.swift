@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What an operator sets on a vsock export.
 public struct VsockOptions: Equatable {
     public var id: String
@@ -14,6 +18,9 @@ public struct VsockOptions: Equatable {
     /// A connection with data or credit pending that makes no progress for this long is logged once with
     /// its state and counted (`stalls` in the tx queue's stats); 0 turns the check off.
     public var stallTimeoutMs: UInt32 = 5000
+    /// Who may own a `<udsPath>_<port>` socket a guest connects to: vdevd's user, root, and the owner set for the
+    /// export's sockets (socket-owner), if any.
+    public var hostSocketOwners: [uid_t] = [geteuid(), 0]
 
     public init(id: String, guestCID: UInt64, udsPath: String) {
         self.id = id

@@ -101,6 +101,12 @@ int32_t vdv_unix_listen(const char *path, uint32_t mode, int32_t backlog);
 // Like vdv_unix_listen, with an owner and group (-1: unchanged), and the path appears only once the socket has
 // its final mode, owner and group and listens. Never replaces an existing file (-EEXIST).
 int32_t vdv_unix_listen_owned(const char *path, uint32_t mode, int64_t uid, int64_t gid, int32_t backlog);
+// The same, also giving the socket file's device and inode (taken before the path appears), so that only that
+// inode is removed at exit.
+int32_t vdv_unix_listen_owned_inode(const char *path, uint32_t mode, int64_t uid, int64_t gid, int32_t backlog,
+                                    uint64_t *dev, uint64_t *ino);
+// open(path, O_PATH | O_NOFOLLOW): an fd naming the file itself (a symlink is not followed); fd or -errno.
+int32_t vdv_open_path_nofollow(const char *path);
 // TCP listener on an IPv4/IPv6 literal; fd or -errno (-EINVAL for a host that is not a literal).
 int32_t vdv_tcp_listen(const char *host, uint16_t port, int32_t backlog);
 uint16_t vdv_tcp_local_port(int32_t fd);
