@@ -42,6 +42,8 @@ int64_t vdv_recv_with_fds(int32_t sock, void *buf, uint64_t len, int32_t *fds, u
             else { close(fd); *truncated = 1; }
         }
     }
+    // Cut short with room left in the buffer: the kernel could not install the fds (this process is out of them).
+    if ((msg.msg_flags & MSG_CTRUNC) && *truncated == 1 && *nfds < 32 && *nfds < maxfds) *truncated = 2;
     return n;
 }
 

@@ -46,7 +46,7 @@ public final class ManagementServer {
 
     private func acceptLoop() {
         vdv_set_thread_name("vdevd-mgmt")
-        acceptUntilStopped(listenFD: listener.fd, stopFD: stopEvent.fd) { c in
+        acceptUntilStopped(listenFD: listener.fd, stopFD: stopEvent.fd, log: { [logger] in logger.error("management socket: \($0)") }) { c in
             let admitted = lock.withLock { () -> Bool in
                 guard clients < Self.maxClients else { return false }
                 clients += 1

@@ -93,6 +93,7 @@ enum { VDV_EPOLLIN = 1, VDV_EPOLLOUT = 4, VDV_EPOLLERR = 8, VDV_EPOLLHUP = 16, V
 
 // ---- Unix sockets with SCM_RIGHTS ----
 // recvmsg with up to maxfds fds (close-on-exec); extra fds beyond maxfds are closed and *truncated set to 1.
+// *truncated is 2 when the kernel could not install the fds sent (this process is out of fds: EMFILE).
 int64_t vdv_recv_with_fds(int32_t sock, void *buf, uint64_t len, int32_t *fds, uint32_t maxfds, uint32_t *nfds,
                           int32_t *truncated);
 int64_t vdv_send_with_fds(int32_t sock, const void *buf, uint64_t len, const int32_t *fds, uint32_t nfds);
@@ -210,6 +211,13 @@ void vdv_guest_mapping_unregister(int32_t slot);
 int32_t vdv_guest_mapping_faulted(int32_t slot);
 // Bumped at every such fault: a poller compares it once a pass.
 uint64_t vdv_guest_fault_generation(void);
+
+// ---- Process limits ----
+// RLIMIT_NOFILE's soft limit raised to the hard limit; before and after are the soft limits. 0 or -errno.
+int32_t vdv_raise_nofile_limit(uint64_t *before, uint64_t *after);
+// Sets the soft RLIMIT_NOFILE (tests); 0 or -errno.
+int32_t vdv_set_nofile_soft_limit(uint64_t soft);
+uint64_t vdv_nofile_soft_limit(void);
 
 #endif
 

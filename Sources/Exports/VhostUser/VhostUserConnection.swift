@@ -57,6 +57,7 @@ final class VhostUserConnection {
             if n == -Int64(ECONNRESET) { throw fail(.disconnected) }
             throw fail(.malformed("recvmsg: \(String(cString: strerror(Int32(-n))))"))
         }
+        if truncated == 2 { throw fail(.malformed("the fds of the message could not be received: vdevd is out of file descriptors (RLIMIT_NOFILE)")) }
         if truncated != 0 { throw fail(.malformed("more than \(VhostUserMessage.maxFDs) fds")) }
         if n < VhostUserMessage.headerSize {
             // The rest of the header follows without fds.

@@ -79,6 +79,7 @@ public final class VhostUserExport: Export {
     private func acceptLoop() {
         vdv_set_thread_name("vdevd-\(id)")
         guard let listenFD = listener?.fd else { return }
+        var throttle = AcceptThrottle()
         while true {
             var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
@@ -86,6 +87,7 @@ public final class VhostUserExport: Export {
             if n < 0 { if errno == EINTR { continue }; logger.error("poll: \(errno)"); return }
             if fds[1].revents != 0 { return }
             let c = vdv_accept(listenFD)
+            if throttle.pauseIfExhausted(c, stopFD: stopEvent.fd, log: { logger.error("\($0)") }) { continue }
             if c < 0 { continue }
             stateLock.withLock {
                 connected = true
