@@ -22,6 +22,9 @@ public final class VhostUserExport: Export {
     private var connected = false
     private var connectionsServed = 0
     private var queuePollers: [Int?]
+    /// How long a new frontend has to start its handshake (SET_OWNER or SET_FEATURES) before it is closed: one
+    /// frontend is served at a time, and a silent one would hold the export forever (issue 14, finding 6).
+    public static var handshakeTimeoutMillis = 10_000
     /// Run at stop, after the socket is removed (e.g. a vsock export's host socket).
     public var onStop: [() -> Void] = []
 
@@ -96,7 +99,9 @@ public final class VhostUserExport: Export {
             logger.info("frontend connected")
             let session = VhostUserSession(device: device, pollers: pollers, preferredPoller: preferredPoller,
                                            queueStats: queueStats,
-                                           connection: VhostUserConnection(fd: c, stopFD: stopEvent.fd), logger: logger)
+                                           connection: VhostUserConnection(fd: c, stopFD: stopEvent.fd,
+                                                                               handshakeMillis: Self.handshakeTimeoutMillis),
+                                           logger: logger)
             session.onPlacement = { [self] q, p in stateLock.withLock { queuePollers[q] = p } }
             session.serve()
             stateLock.withLock { connected = false }

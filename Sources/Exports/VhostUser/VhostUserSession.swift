@@ -137,6 +137,7 @@ final class VhostUserSession {
         case .getFeatures:
             try connection.replyU64(to: m.request, offeredFeatures)
         case .setFeatures:
+            connection.handshakeDone()
             try expectPayload(m, 8)
             let f = try r.u64(0)
             guard f & ~offeredFeatures == 0 else {
@@ -168,7 +169,7 @@ final class VhostUserSession {
             }
             protocolFeatures = f
         case .setOwner:
-            break
+            connection.handshakeDone()
         case .resetOwner, .resetDevice:
             resetDevice()
         case .getQueueNum:
