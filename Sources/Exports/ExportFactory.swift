@@ -10,6 +10,12 @@ import Vsock
 /// Builds exports from validated specs.
 public enum ExportFactory {
     public static func make(_ spec: ExportSpec, pollers: PollerGroup, logger: Logger) throws -> Export {
+        let e = try makeExport(spec, pollers: pollers, logger: logger)
+        (e as? VhostUserExport)?.memoryBudget.limit = spec.maxGuestMemory
+        return e
+    }
+
+    private static func makeExport(_ spec: ExportSpec, pollers: PollerGroup, logger: Logger) throws -> Export {
         switch spec.kind {
         case .vhostUserBlk:
             let device: BlkDevice

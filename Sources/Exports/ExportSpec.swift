@@ -35,6 +35,11 @@ public struct ExportSpec: Equatable {
         Key(name: "socket-group", help: "socket group, group name or gid (default: vdevd's)", required: false),
     ]
 
+    /// Limits on what a frontend can make vdevd hold, for every type.
+    public static let limitKeys: [Key] = [
+        Key(name: "max-guest-memory", help: "cap on mapped guest memory, e.g. 64G (default: no cap)", required: false),
+    ]
+
     /// Every key of each export type, one table per type: the command line (`--export`), the config file
     /// (`[[export]]`) and the management socket (`add`) all parse through `parse(kind:pairs:)` with these.
     public static let keys: [Kind: [Key]] = [
@@ -52,7 +57,7 @@ public struct ExportSpec: Equatable {
             Key(name: "inline-io", help: "auto|off: inline I/O for tmpfs images (auto)", required: false),
             Key(name: "fixed-buffers", help: "auto|off: register allocated guest RAM, direct=on (auto)", required: false),
             Key(name: "poller", help: "poller index (default: least loaded)", required: false),
-        ] + socketKeys,
+        ] + socketKeys + limitKeys,
         .vhostUserVsock: [
             Key(name: "id", help: "export name: logs and stats", required: true),
             Key(name: "guest-cid", help: "the guest's CID, 3 or more", required: true),
@@ -63,8 +68,8 @@ public struct ExportSpec: Equatable {
             Key(name: "groups", help: "a+b: siblings reachable by CID", required: false),
             Key(name: "queue-size", help: "largest virtqueue, 64-32768 (default 256)", required: false),
             Key(name: "poller", help: "poller index (default: its group's)", required: false),
-        ] + socketKeys,
-        .vhostUserNet: NetExportSpec.keys + socketKeys,
+        ] + socketKeys + limitKeys,
+        .vhostUserNet: NetExportSpec.keys + socketKeys + limitKeys,
     ]
 
     public var kind: Kind
@@ -81,6 +86,8 @@ public struct ExportSpec: Equatable {
     public var socketOwner: UInt32?
     public var socketGroup: UInt32?
     public var poller: Int?
+    /// Cap on the guest memory a frontend can make this export map (current and retiring tables together).
+    public var maxGuestMemory: UInt64?
 
     public var socketAccess: SocketAccess { SocketAccess(mode: socketMode, owner: socketOwner, group: socketGroup) }
 
@@ -186,6 +193,7 @@ public struct ExportSpec: Equatable {
             spec.socketGroup = gid
         }
         spec.poller = try v.int("poller", 0...1023)
+        spec.maxGuestMemory = try v.size("max-guest-memory")
         return spec
     }
 
@@ -291,6 +299,21 @@ struct Values {
                                   message: "expected an integer in \(range.lowerBound)...\(range.upperBound), got '\(s)'")
         }
         return n
+    }
+
+    /// A byte count: digits with an optional K, M, G or T (powers of 1024).
+    func size(_ key: String) throws -> UInt64? {
+        guard let s = values[key] else { return nil }
+        var digits = Substring(s)
+        var shift: UInt64 = 0
+        if let last = s.last, let i = "KMGT".firstIndex(of: Character(last.uppercased())) {
+            shift = UInt64("KMGT".distance(from: "KMGT".startIndex, to: i) + 1) * 10
+            digits = s.dropLast()
+        }
+        guard let n = UInt64(digits), n > 0, n <= UInt64.max >> shift else {
+            throw ExportSpecError(export: export, key: key, message: "expected a size like 65536, 512M or 64G, got '\(s)'")
+        }
+        return n << shift
     }
 
     func bool(_ key: String) throws -> Bool? {

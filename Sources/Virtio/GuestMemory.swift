@@ -9,6 +9,9 @@ public final class GuestMemory {
         self.regions = regions.sorted { $0.guestAddress < $1.guestAddress }
     }
 
+    /// Address space the table's mappings take.
+    public var mappedBytes: UInt64 { regions.reduce(0) { $0 + $1.mappedBytes } }
+
     /// Some region's file shrank under its mapping (the SIGBUS guard caught the fault): queues on it must stop.
     public var vanished: Bool { regions.contains { $0.vanished } }
 

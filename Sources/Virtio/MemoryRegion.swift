@@ -16,12 +16,15 @@ public final class MemoryRegion {
     /// it with io_uring (which pins every page) costs no new memory.
     public let allocated: Bool
     private let mapping: GuestMapping
+    private let budget: GuestMemoryBudget?
 
     /// Regions larger than this are refused: a frontend cannot make us reserve absurd address space.
     public static let maxSize: UInt64 = 1 << 40
 
     /// Maps `size` bytes at `mmapOffset` of fd. The fd is not kept (the mapping holds the memory).
-    public init(fd: Int32, guestAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64) throws {
+    /// `budget`: the export's account, charged with the mapping while it lives.
+    public init(fd: Int32, guestAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64,
+                budget: GuestMemoryBudget? = nil) throws {
         guard size > 0, size <= MemoryRegion.maxSize,
               mmapOffset <= MemoryRegion.maxSize,
               guestAddress.addingReportingOverflow(size).overflow == false,
@@ -38,7 +41,14 @@ public final class MemoryRegion {
         self.mapping = m
         self.allocated = vdv_memory_fd_allocated(fd, length) == 1
         self.host = m.base + Int(mmapOffset)
+        self.budget = budget
+        budget?.charge(UInt64(m.length))
     }
+
+    deinit { budget?.release(UInt64(mapping.length)) }
+
+    /// Bytes of address space the region's mapping takes (from fd offset 0, whole pages).
+    public var mappedBytes: UInt64 { UInt64(mapping.length) }
 
     /// The file behind the region shrank and a fault replaced it with zero memory (see GuestMapping).
     @inline(__always)

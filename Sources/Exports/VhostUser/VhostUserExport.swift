@@ -22,6 +22,8 @@ public final class VhostUserExport: Export {
     private var connected = false
     private var connectionsServed = 0
     private var queuePollers: [Int?]
+    /// Guest memory mapped for this export's frontends (the cap is max-guest-memory).
+    public let memoryBudget = GuestMemoryBudget()
     /// How long a new frontend has to start its handshake (SET_OWNER or SET_FEATURES) before it is closed: one
     /// frontend is served at a time, and a silent one would hold the export forever (issue 14, finding 6).
     public static var handshakeTimeoutMillis = 10_000
@@ -102,6 +104,7 @@ public final class VhostUserExport: Export {
                                            connection: VhostUserConnection(fd: c, stopFD: stopEvent.fd,
                                                                                handshakeMillis: Self.handshakeTimeoutMillis),
                                            logger: logger)
+            session.memoryBudget = memoryBudget
             session.onPlacement = { [self] q, p in stateLock.withLock { queuePollers[q] = p } }
             session.serve()
             stateLock.withLock { connected = false }

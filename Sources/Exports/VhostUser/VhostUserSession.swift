@@ -40,6 +40,8 @@ final class VhostUserSession {
     private var inflight: InflightMemory?
     /// The dirty-page bitmap of a live migration (SET_LOG_BASE); logging is on while LOG_ALL is acked.
     private var dirtyLog: DirtyLog?
+    /// The export's account of mapped guest memory (its cap and the retired-table rule); none: unaccounted.
+    var memoryBudget: GuestMemoryBudget?
 
     /// What this backend supports of the protocol.
     static let supportedProtocolFeatures: UInt64 =
@@ -300,7 +302,7 @@ final class VhostUserSession {
     private func region(_ r: PayloadReader, at off: Int, fd: Int32) throws -> MemoryRegion {
         let gpa = try r.u64(off), size = try r.u64(off + 8), uva = try r.u64(off + 16), mo = try r.u64(off + 24)
         do {
-            return try MemoryRegion(fd: fd, guestAddress: gpa, size: size, userAddress: uva, mmapOffset: mo)
+            return try MemoryRegion(fd: fd, guestAddress: gpa, size: size, userAddress: uva, mmapOffset: mo, budget: memoryBudget)
         } catch {
             throw VhostUserError.rejected("cannot map region gpa=0x\(String(gpa, radix: 16)) size=\(size): \(error)")
         }
@@ -312,6 +314,7 @@ final class VhostUserSession {
         guard n <= Self.maxMemSlots, m.payload.count >= 8 + 32 * n, m.fds.count == n else {
             throw VhostUserError.malformed("SET_MEM_TABLE with \(n) regions, \(m.fds.count) fds, \(m.payload.count) bytes")
         }
+        try admitMemory(r, at: (0..<n).map { 8 + 32 * $0 })
         var regions: [MemoryRegion] = []
         for i in 0..<n { regions.append(try region(r, at: 8 + 32 * i, fd: m.fds[i])) }
         try installMemory(GuestMemory(regions: regions))
@@ -321,6 +324,7 @@ final class VhostUserSession {
         try expectPayload(m, 40)
         guard m.fds.count == 1 else { throw VhostUserError.malformed("ADD_MEM_REG with \(m.fds.count) fds") }
         guard memory.regions.count < Self.maxMemSlots else { throw VhostUserError.rejected("all \(Self.maxMemSlots) memory slots used") }
+        try admitMemory(r, at: [8])
         let reg = try region(r, at: 8, fd: m.fds[0])
         for old in memory.regions where reg.guestAddress < old.guestAddress + old.size && old.guestAddress < reg.guestAddress + reg.size {
             throw VhostUserError.rejected("region at 0x\(String(reg.guestAddress, radix: 16)) overlaps an existing one")
@@ -336,6 +340,19 @@ final class VhostUserSession {
             throw VhostUserError.rejected("no region at gpa=0x\(String(gpa, radix: 16)) size=\(size)")
         }
         try installMemory(GuestMemory(regions: kept))
+    }
+
+    /// The export's budget decides before anything is mapped (size + mmap_offset of each region described at `offsets`).
+    private func admitMemory(_ r: PayloadReader, at offsets: [Int]) throws {
+        guard let memoryBudget else { return }
+        var bytes: UInt64 = 0
+        for off in offsets {
+            let (a, o1) = bytes.addingReportingOverflow(try r.u64(off + 8))
+            let (b, o2) = a.addingReportingOverflow(try r.u64(off + 24))
+            guard !o1, !o2 else { throw VhostUserError.rejected("memory regions overflow 64 bits") }
+            bytes = b
+        }
+        if let why = memoryBudget.refusal(newBytes: bytes, currentBytes: memory.mappedBytes) { throw VhostUserError.rejected(why) }
     }
 
     /// Swaps the table; running rings move to it through their pollers before the old one is released.
