@@ -40,6 +40,11 @@ public struct VsockOptions: Equatable {
     /// longer than `connectLineTimeout` seconds are closed to make room.
     public static var maxAwaitingConnectLine = 256
     public static var connectLineTimeout = 10.0
+    /// Host connections that sent CONNECT and wait for the guest's answer (RESPONSE or RST); past the cap new ones
+    /// are closed, and each is closed (and the guest sent RST) after `guestAnswerTimeout` seconds or when the host
+    /// peer gives up.
+    public static var maxAwaitingGuestAnswer = 256
+    public static var guestAnswerTimeout = 10.0
     /// While a connection waits for the guest's credit, the guest is asked for it (CREDIT_REQUEST) again after
     /// this long, then twice as long each time, up to 16 times this.
     public static let creditRequestIntervalMicros: UInt64 = 200_000
