@@ -466,6 +466,8 @@ public final class Poller {
         while i < active.count {
             let s = active[i].slot
             if let slot = slots[s], slot.stopping != nil, slot.handler.inflight > 0 {
+                // What the handler does a piece a pass (large inline transfers) goes on while the queue drains.
+                _ = slot.handler.continueStarted()
                 let waited = now &- slot.stopAskedAt
                 if !slot.cancelled && waited >= stopTimeoutMicros {
                     slots[s]!.cancelled = true
