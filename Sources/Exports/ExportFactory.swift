@@ -39,25 +39,27 @@ public enum ExportFactory {
             // Removed at stop only while the path still holds this socket.
             let hostSocket = SocketInode(path: o.udsPath, device: dev, inode: ino)
             let device = VsockDevice(options: o, listenFD: fd)
-            // Siblings share a poller so relaying between them stays on one thread.
-            let groupPoller = VsockRegistry.shared.poller(forGroups: o.groups)
-            if let p = spec.poller, let g = groupPoller, p != g {
+            // Siblings share a poller so relaying between them stays on one thread: the registry decides it and
+            // refuses a device whose groups are on different pollers.
+            let poller: Int
+            do {
+                poller = try VsockRegistry.shared.join(device, requested: spec.poller, pick: { pollers.pick().id })
+            } catch {
                 hostSocket.removeIfOurs()
-                throw ExportError.device(spec.id, "its group is served by poller \(g); poller=\(p) would split it")
+                throw ExportError.device(spec.id, "\(error)")
             }
-            let poller = spec.poller ?? groupPoller ?? pollers.pick().id
             let export: VhostUserExport
             do {
                 export = try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, access: spec.socketAccess,
                                              pollers: pollers, preferredPoller: poller, logger: logger)
             } catch {
+                VsockRegistry.shared.remove(device)
                 hostSocket.removeIfOurs()
                 throw error
             }
             let log = export.logger
             device.log = { log.info("\($0)") }
             device.trace = { log.debug("\($0)") }
-            VsockRegistry.shared.add(device, poller: poller)
             export.onStop.append {
                 VsockRegistry.shared.remove(device)
                 hostSocket.removeIfOurs()
