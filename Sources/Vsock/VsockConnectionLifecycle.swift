@@ -19,12 +19,16 @@ extension VsockEngine {
                                        allowedOwners: device.options.hostSocketOwners) {
         case .connected(let f):
             fd = f
+            if !capsHit.isEmpty { capsHit.remove("refused:\(path)") }
         case .absent:
             // Nothing listens for that port: the guest gets RST (its connect fails with ECONNRESET).
             queueReset(for: h)
             return
         case .refused(let why):
-            device.log("guest port \(h.srcPort): \(path) \(why); not connecting (RST)")
+            // Once per path while it stays refused: a guest retrying in a loop does not flood the log.
+            if capsHit.insert("refused:\(path)").inserted {
+                device.log("guest port \(h.srcPort): \(path) \(why); not connecting (RST; not logged again for this path)")
+            }
             tx?.stats.add(.errors)
             queueReset(for: h)
             return

@@ -33,7 +33,8 @@ final class VsockEngine: FDWatcher {
     /// Out of fds: the listener left epoll until a connection closes.
     var listenerPaused = false
     var timer: VsockConnectionTimer?
-    /// Caps hit and not yet left (VsockHostConnectionLimits): each is logged once when it is reached.
+    /// Caps hit and not yet left (VsockHostConnectionLimits), and host socket paths refused (VsockHostSocket):
+    /// each is logged once when it is reached.
     var capsHit = Set<String>()
     var resetEventDue: Bool
     var failure: Error?

@@ -17,6 +17,10 @@ final class VsockHostFilesTests: VsockTestCase {
         XCTAssertNil(try d.connect(port: 7000, localPort: 100), "the guest reached a socket through a symlink")
         XCTAssertFalse(Host.readable(target, timeout: 0.2), "the symlink's target got a connection")
         XCTAssertTrue(logs.contains("\(a.portPath(7000)) is a symbolic link; not connecting"), "\(logs.all)")
+        // A guest retrying does not flood the log: refused again, logged once, counted each time.
+        XCTAssertNil(try d.connect(port: 7000, localPort: 110))
+        XCTAssertEqual(logs.all.filter { $0.contains("is a symbolic link") }.count, 1, "\(logs.all)")
+        XCTAssertEqual(a.counter(.errors, 1), 2)
         // A real socket at a port path still works.
         let lfd = try listen(a.portPath(7001))
         let (c, h) = try open(d, lfd, port: 7001, localPort: 101)
