@@ -27,11 +27,7 @@ final class GuestMemoryVanishTests: ExportTestCase {
         let s = try serve(id: "diskA")
         let fe = try ackingFrontend(s.socket)
         let ram = try GuestRAM(size: 1 << 20, guestAddress: 0, backing: .unsealableMemfd)
-        var p: [UInt8] = []
-        p.le(UInt32(1))
-        p.le(UInt32(0))
-        p += fe.regionPayload(ram)
-        XCTAssertNotEqual(try fe.command(.setMemTable, payload: p, fds: [ram.fd]), 0)
+        XCTAssertNotEqual(try fe.memTableAck([ram]), 0)
         let line = logs.all.first { $0.contains("memfd cannot be sealed against shrinking") }
         XCTAssertNotNil(line, "\(logs.all)")
         XCTAssertTrue(line?.contains("export=diskA") ?? false, line ?? "")
@@ -43,11 +39,7 @@ final class GuestMemoryVanishTests: ExportTestCase {
         let s = try serve(id: "diskA")
         let fe = try ackingFrontend(s.socket)
         let ram = try GuestRAM(size: 1 << 20, guestAddress: 0, backing: .file(path("ram.bin")))
-        var p: [UInt8] = []
-        p.le(UInt32(1))
-        p.le(UInt32(0))
-        p += fe.regionPayload(ram)
-        XCTAssertNotEqual(try fe.command(.setMemTable, payload: p, fds: [ram.fd]), 0)
+        XCTAssertNotEqual(try fe.memTableAck([ram]), 0)
         let line = logs.all.first { $0.contains("not shared memory") }
         XCTAssertNotNil(line, "\(logs.all)")
         XCTAssertTrue(line?.contains("export=diskA") ?? false, line ?? "")
@@ -77,11 +69,7 @@ final class GuestMemoryVanishTests: ExportTestCase {
         _ = ram  // never touched here: the test's own mapping would fault too
         let s = try serve(id: "diskA")
         let fe = try ackingFrontend(s.socket)
-        var p: [UInt8] = []
-        p.le(UInt32(1))
-        p.le(UInt32(0))
-        p += fe.regionPayload(ram)
-        XCTAssertNotEqual(try fe.command(.setMemTable, payload: p, fds: [ram.fd]), 0)
+        XCTAssertNotEqual(try fe.memTableAck([ram]), 0)
         XCTAssertTrue(logs.contains("no huge pages left to reserve"), "\(logs.all)")
         fe.disconnect()
         XCTAssertEqual(try BlkTestClient(socket: s.socket).read(sector: 1, count: 512).1, imageBytes(512, 512))
