@@ -57,8 +57,18 @@ final class BlkQueue: QueueHandler {
     private var fixed: FixedBufferMap?
     /// A request is back on the avail ring until a bounce buffer frees up (at a completion).
     private var waitingForBounce = false
-    /// Fairness between queues on one poller: at most this many new requests per pass.
+    /// Fairness between queues on one poller: at most this many new requests per pass,
     static let batch = 64
+    /// and at most about this many bytes (at least one request a pass): a queue of 256 MiB reads no longer holds
+    /// the other queues of its poller for seconds (issue 14, finding 2).
+    static let passBytes = 2 << 20
+    /// Reads and writes done inline on the poller (memory file systems) go this many bytes a pass; the rest of a
+    /// larger one waits in `continuing` for the next pass, after the other queues had theirs.
+    static let inlineChunk = 1 << 20
+    /// Inline transfers started and not finished (tags, oldest first).
+    private var continuing: [UInt32] = []
+    /// Bytes this pass has cost the poller so far (transfers started or continued, zeros written inline).
+    private var passCost = 0
     static let segmentCapacity = Int(BlkOptions.segMax) + 2 + 8
     private let header = UnsafeMutableRawPointer.allocate(byteCount: BlkLayout.headerSize, alignment: 8)
     /// DISCARD / WRITE_ZEROES ranges of the request being started, copied out of guest memory once.
@@ -84,6 +94,7 @@ final class BlkQueue: QueueHandler {
         }
         freeList = (0..<UInt32(slotCount)).reversed().map { $0 }
         freeList.reserveCapacity(slotCount)
+        continuing.reserveCapacity(slotCount + 1)
         if case .uring(let r) = io, !device.servesInline {
             uring = r
             fileIndex = r.registerFile(device.fd)
@@ -113,8 +124,10 @@ final class BlkQueue: QueueHandler {
     }
 
     func process() throws -> Bool {
+        let continued = continueStarted()
         var n = 0
-        while n < BlkQueue.batch, !waitingForBounce, !freeList.isEmpty, ring.hasRoom(Int(BlkOptions.maxDiscardSegments)) {
+        while n < BlkQueue.batch, passCost < BlkQueue.passBytes, !waitingForBounce, !freeList.isEmpty,
+              ring.hasRoom(Int(BlkOptions.maxDiscardSegments)) {
             guard let head = try vq.popHead() else { break }
             let tag = freeList.removeLast()
             guard try start(tag: tag, head: head) else {
@@ -126,7 +139,24 @@ final class BlkQueue: QueueHandler {
             }
             n += 1
         }
-        return n > 0
+        return n > 0 || continued
+    }
+
+    /// Starts a pass: moves each unfinished inline transfer on by one chunk, oldest first, within the pass's
+    /// bytes. Also called by the poller for a queue that is stopping (it drains what it started). True if any moved.
+    func continueStarted() -> Bool {
+        passCost = 0
+        guard !continuing.isEmpty else { return false }
+        // Those put back go to the end; those not reached keep their turn at the front. No allocation: the array
+        // keeps its capacity (one entry per slot at most).
+        let waiting = continuing.count
+        var i = 0
+        while i < waiting && passCost < BlkQueue.passBytes {
+            submitTransfer(tag: continuing[i])
+            i += 1
+        }
+        continuing.removeFirst(i)
+        return i > 0
     }
 
     /// Parses one chain and submits its I/O, or finishes it at once (GET_ID, errors). False: the request needs
@@ -256,11 +286,25 @@ final class BlkQueue: QueueHandler {
         let offset = s.pointee.offset
         let flags: UInt32 = s.pointee.isWrite && !device.writebackEnabled ? VDV_RWF_DSYNC : 0
         if inline {
-            let r = s.pointee.isWrite ? vdv_pwritev(fd, iov, UInt32(count), offset, flags)
-                                      : vdv_preadv(fd, iov, UInt32(count), offset)
+            // One chunk now; a longer transfer goes on at the next pass (the poller serves the others meanwhile).
+            let want = Int(s.pointee.expected)
+            let chunk = min(want, BlkQueue.inlineChunk)
+            passCost += chunk
+            let (n, cutLength) = chunkIovecs(iov, count, chunk)
+            let saved = iov[n - 1].iov_len
+            iov[n - 1].iov_len = cutLength
+            let r = s.pointee.isWrite ? vdv_pwritev(fd, iov, UInt32(n), offset, flags)
+                                      : vdv_preadv(fd, iov, UInt32(n), offset)
+            iov[n - 1].iov_len = saved
+            if chunk < want && r == chunk {
+                advance(s, by: chunk)
+                continuing.append(tag)
+                return true
+            }
             complete(tag: tag, result: Int32(clamping: r))
             return true
         }
+        passCost += Int(s.pointee.expected)
         let ud = IORing.userData(slot: slotID, tag: tag)
         if fileIndex >= 0, let uring {
             var buf: Int32 = -1
@@ -273,6 +317,18 @@ final class BlkQueue: QueueHandler {
         }
         return s.pointee.isWrite ? ring.writev(fd: fd, iov: iov, count: count, offset: offset, flags: flags, userData: ud)
                                  : ring.readv(fd: fd, iov: iov, count: count, offset: offset, userData: ud)
+    }
+
+    /// How many of the iovecs cover the first `bytes` bytes, and the length the last of them keeps.
+    @inline(__always)
+    private func chunkIovecs(_ iov: UnsafeMutablePointer<iovec>, _ count: Int, _ bytes: Int) -> (Int, Int) {
+        var left = bytes
+        var i = 0
+        while i < count - 1 && iov[i].iov_len < left {
+            left -= iov[i].iov_len
+            i += 1
+        }
+        return (i + 1, min(left, iov[i].iov_len))
     }
 
     /// DISCARD and WRITE_ZEROES: each range becomes one fallocate (punch a hole, or zero the range).
@@ -324,6 +380,7 @@ final class BlkQueue: QueueHandler {
             let mode = r.unmap ? VDV_FALLOC_PUNCH_HOLE : VDV_FALLOC_ZERO_RANGE
             if !r.unmap && !device.zeroRangeSupported {
                 // Only memory file systems land here: zeros are written inline, at memory speed.
+                passCost += Int(r.length)
                 if device.writeZeros(offset: r.offset, length: r.length) < 0 { s.pointee.failed = true }
                 s.pointee.pending -= 1
             } else if inline {
@@ -347,7 +404,7 @@ final class BlkQueue: QueueHandler {
     /// Requests waiting that this queue can start now; with no free slot or no room at the engine they wait for
     /// a completion, which wakes the poller anyway.
     func hasPendingWork() -> Bool {
-        !waitingForBounce && !freeList.isEmpty && ring.hasRoom(Int(BlkOptions.maxDiscardSegments)) && ((try? vq.pendingCount()) ?? 0) > 0
+        !continuing.isEmpty || !waitingForBounce && !freeList.isEmpty && ring.hasRoom(Int(BlkOptions.maxDiscardSegments)) && ((try? vq.pendingCount()) ?? 0) > 0
     }
 
     func complete(tag: UInt32, result: Int32) {

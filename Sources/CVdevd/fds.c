@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 int32_t vdv_memfd_create(const char *name) {
-    int fd = memfd_create(name, MFD_CLOEXEC);
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     return fd < 0 ? -errno : fd;
 }
 

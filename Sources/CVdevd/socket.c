@@ -42,6 +42,8 @@ int64_t vdv_recv_with_fds(int32_t sock, void *buf, uint64_t len, int32_t *fds, u
             else { close(fd); *truncated = 1; }
         }
     }
+    // Cut short with room left in the buffer: the kernel could not install the fds (this process is out of them).
+    if ((msg.msg_flags & MSG_CTRUNC) && *truncated == 1 && *nfds < 32 && *nfds < maxfds) *truncated = 2;
     return n;
 }
 
@@ -81,6 +83,11 @@ static int fill_addr(struct sockaddr_un *a, const char *path) {
 // window. The rename never replaces anything (RENAME_NOREPLACE, or link() where the file system lacks it),
 // so a file that appeared at the path meanwhile is left alone and the call fails with EEXIST.
 int32_t vdv_unix_listen_owned(const char *path, uint32_t mode, int64_t uid, int64_t gid, int32_t backlog) {
+    return vdv_unix_listen_owned_inode(path, mode, uid, gid, backlog, NULL, NULL);
+}
+
+int32_t vdv_unix_listen_owned_inode(const char *path, uint32_t mode, int64_t uid, int64_t gid, int32_t backlog,
+                                    uint64_t *dev, uint64_t *ino) {
     char dir[sizeof(((struct sockaddr_un *)0)->sun_path) + 16];
     const char *slash = strrchr(path, '/');
     int n;
@@ -108,6 +115,11 @@ int32_t vdv_unix_listen_owned(const char *path, uint32_t mode, int64_t uid, int6
     // chown may clear set-id bits; the mode asked for is put back (still unreachable to others).
     if (chmod(tmp, mode & 07777) < 0) { e = errno; goto fail; }
     if (listen(fd, backlog) < 0) { e = errno; goto fail; }
+    // The inode is taken from the private name, before anyone else can reach the path: removal at exit checks it.
+    struct stat st;
+    if (lstat(tmp, &st) < 0) { e = errno; goto fail; }
+    if (dev) *dev = (uint64_t)st.st_dev;
+    if (ino) *ino = (uint64_t)st.st_ino;
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0) {
         if (errno != EINVAL && errno != ENOSYS) { e = errno; goto fail; }
         if (link(tmp, path) < 0) { e = errno; goto fail; }
@@ -229,4 +241,9 @@ int32_t vdv_notify_datagram(const char *path, const char *msg) {
     int e = errno;
     close(fd);
     return n < 0 ? -e : 0;
+}
+
+int32_t vdv_open_path_nofollow(const char *path) {
+    int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
 }

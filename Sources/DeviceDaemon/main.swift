@@ -145,6 +145,15 @@ struct VdevdCommand: ParsableCommand {
         let logger = Logger(label: "vdevd")
         // Signals are taken synchronously by the main thread; every other thread inherits the mask.
         vdv_block_term_signals()
+        // Guests open connections (vsock) and frontends pass fds: systemd's default soft limit of 1024 is soon
+        // spent. The hard limit is what the operator allows.
+        var fdsBefore: UInt64 = 0, fdsAfter: UInt64 = 0
+        let raised = vdv_raise_nofile_limit(&fdsBefore, &fdsAfter)
+        if raised < 0 {
+            logger.warning("cannot raise the open-file limit from \(fdsBefore): \(SystemError.describe(-raised))")
+        } else if fdsAfter != fdsBefore {
+            logger.info("open-file limit raised from \(fdsBefore) to \(fdsAfter) (the hard limit)")
+        }
 
         let group: PollerGroup
         do {

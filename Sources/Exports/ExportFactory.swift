@@ -10,6 +10,12 @@ import Vsock
 /// Builds exports from validated specs.
 public enum ExportFactory {
     public static func make(_ spec: ExportSpec, pollers: PollerGroup, logger: Logger) throws -> Export {
+        let e = try makeExport(spec, pollers: pollers, logger: logger)
+        (e as? VhostUserExport)?.memoryBudget.limit = spec.maxGuestMemory
+        return e
+    }
+
+    private static func makeExport(_ spec: ExportSpec, pollers: PollerGroup, logger: Logger) throws -> Export {
         switch spec.kind {
         case .vhostUserBlk:
             let device: BlkDevice
@@ -22,35 +28,41 @@ public enum ExportFactory {
             return try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, access: spec.socketAccess,
                                        pollers: pollers, preferredPoller: spec.poller, logger: logger)
         case .vhostUserVsock:
-            let o = spec.vsock!
+            var o = spec.vsock!
+            if let owner = spec.socketOwner { o.hostSocketOwners.append(owner) }
             // The host side's socket gets the same access as the vhost-user one.
             try SocketPath.prepare(o.udsPath)
-            let fd = vdv_unix_listen_owned(o.udsPath, spec.socketMode, spec.socketOwner.map(Int64.init) ?? -1,
-                                           spec.socketGroup.map(Int64.init) ?? -1, 128)
+            var dev: UInt64 = 0, ino: UInt64 = 0
+            let fd = vdv_unix_listen_owned_inode(o.udsPath, spec.socketMode, spec.socketOwner.map(Int64.init) ?? -1,
+                                                 spec.socketGroup.map(Int64.init) ?? -1, 128, &dev, &ino)
             guard fd >= 0 else { throw ExportError.socket(o.udsPath, SystemError("bind/listen", errno: -fd).description) }
+            // Removed at stop only while the path still holds this socket.
+            let hostSocket = SocketInode(path: o.udsPath, device: dev, inode: ino)
             let device = VsockDevice(options: o, listenFD: fd)
-            // Siblings share a poller so relaying between them stays on one thread.
-            let groupPoller = VsockRegistry.shared.poller(forGroups: o.groups)
-            if let p = spec.poller, let g = groupPoller, p != g {
-                unlink(o.udsPath)
-                throw ExportError.device(spec.id, "its group is served by poller \(g); poller=\(p) would split it")
+            // Siblings share a poller so relaying between them stays on one thread: the registry decides it and
+            // refuses a device whose groups are on different pollers.
+            let poller: Int
+            do {
+                poller = try VsockRegistry.shared.join(device, requested: spec.poller, pick: { pollers.pick().id })
+            } catch {
+                hostSocket.removeIfOurs()
+                throw ExportError.device(spec.id, "\(error)")
             }
-            let poller = spec.poller ?? groupPoller ?? pollers.pick().id
             let export: VhostUserExport
             do {
                 export = try VhostUserExport(id: spec.id, device: device, socketPath: spec.socket, access: spec.socketAccess,
                                              pollers: pollers, preferredPoller: poller, logger: logger)
             } catch {
-                unlink(o.udsPath)
+                VsockRegistry.shared.remove(device)
+                hostSocket.removeIfOurs()
                 throw error
             }
             let log = export.logger
             device.log = { log.info("\($0)") }
             device.trace = { log.debug("\($0)") }
-            VsockRegistry.shared.add(device, poller: poller)
             export.onStop.append {
                 VsockRegistry.shared.remove(device)
-                unlink(o.udsPath)
+                hostSocket.removeIfOurs()
             }
             return export
         case .vhostUserNet, .vduseNet:

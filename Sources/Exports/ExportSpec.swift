@@ -55,6 +55,11 @@ public struct ExportSpec: Equatable {
         Key(name: "socket-group", help: "socket group, group name or gid (default: vdevd's)", required: false),
     ]
 
+    /// Limits on what a frontend can make vdevd hold (vhost-user exports: VDUSE memory is the kernel's).
+    public static let limitKeys: [Key] = [
+        Key(name: "max-guest-memory", help: "cap on mapped guest memory, e.g. 64G (default: no cap)", required: false),
+    ]
+
     /// The device keys of each device type; an export type's keys are its device's and its transport's
     /// (`keys`), required ones first.
     static let deviceKeys: [DeviceKind: [Key]] = [
@@ -123,6 +128,8 @@ public struct ExportSpec: Equatable {
     /// How the device reaches its driver.
     public var transport: TransportSpec
     public var poller: Int?
+    /// Cap on the guest memory a frontend can make this export map (current and retiring tables together).
+    public var maxGuestMemory: UInt64?
 
     public init(kind: Kind, blk: BlkOptions, transport: TransportSpec) {
         self.kind = kind
@@ -278,6 +285,7 @@ public struct ExportSpec: Equatable {
             spec.socketGroup = gid
         }
         spec.poller = try v.int("poller", 0...1023)
+        spec.maxGuestMemory = try v.size("max-guest-memory")
         return spec
     }
 
@@ -386,6 +394,21 @@ struct Values {
                                   message: "expected an integer in \(range.lowerBound)...\(range.upperBound), got '\(s)'")
         }
         return n
+    }
+
+    /// A byte count: digits with an optional K, M, G or T (powers of 1024).
+    func size(_ key: String) throws -> UInt64? {
+        guard let s = values[key] else { return nil }
+        var digits = Substring(s)
+        var shift: UInt64 = 0
+        if let last = s.last, let i = "KMGT".firstIndex(of: Character(last.uppercased())) {
+            shift = UInt64("KMGT".distance(from: "KMGT".startIndex, to: i) + 1) * 10
+            digits = s.dropLast()
+        }
+        guard let n = UInt64(digits), n > 0, n <= UInt64.max >> shift else {
+            throw ExportSpecError(export: export, key: key, message: "expected a size like 65536, 512M or 64G, got '\(s)'")
+        }
+        return n << shift
     }
 
     func bool(_ key: String) throws -> Bool? {

@@ -10,13 +10,16 @@ public final class ListeningSocket {
     public let fd: Int32
     /// The Unix socket's path; nil for TCP.
     public let path: String?
+    /// The socket file created at `path`, removed only while the path still holds it.
+    public let socketFile: SocketInode?
 
     /// Creates a Unix socket at `path` following `SocketPath`'s rules (a non-socket is refused, a stale
     /// socket replaced, a live one refused).
     public init(unixPath path: String, access: SocketAccess, backlog: Int32) throws {
         try SocketPath.prepare(path)
-        let fd = vdv_unix_listen_owned(path, access.mode, access.owner.map(Int64.init) ?? -1,
-                                       access.group.map(Int64.init) ?? -1, backlog)
+        var dev: UInt64 = 0, ino: UInt64 = 0
+        let fd = vdv_unix_listen_owned_inode(path, access.mode, access.owner.map(Int64.init) ?? -1,
+                                             access.group.map(Int64.init) ?? -1, backlog, &dev, &ino)
         guard fd >= 0 else {
             let why = fd == -EEXIST ? "a file appeared at the path while the socket was made; left alone"
                                     : SystemError("bind/listen", errno: -fd).description
@@ -24,6 +27,7 @@ public final class ListeningSocket {
         }
         self.fd = fd
         self.path = path
+        socketFile = SocketInode(path: path, device: dev, inode: ino)
     }
 
     /// A TCP listener on an IPv4 or IPv6 literal address.
@@ -35,16 +39,16 @@ public final class ListeningSocket {
         }
         self.fd = fd
         self.path = nil
+        socketFile = nil
     }
 
     /// The TCP port actually bound (port 0 asks the kernel for one).
     public var tcpPort: UInt16 { vdv_tcp_local_port(fd) }
 
-    /// Removes the socket file (only a socket: a file put there since is not ours).
+    /// Removes the socket file, only if the path still holds the inode created here (a file or another
+    /// program's socket put there since is not ours).
     public func removeFile() {
-        guard let path else { return }
-        var st = stat()
-        if lstat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK { unlink(path) }
+        socketFile?.removeIfOurs()
     }
 
     deinit { closeFD(fd) }

@@ -31,6 +31,7 @@ public enum TransportSpec: Equatable {
         switch kind {
         case .vhostUser:
             return [ExportSpec.Key(name: "socket", help: "vhost-user socket to create", required: true)] + ExportSpec.socketKeys
+                + ExportSpec.limitKeys
         case .vduse:
             return [ExportSpec.Key(name: "name", help: "VDUSE device name: /dev/vduse/NAME, vdpa dev add name NAME",
                                    required: true)]

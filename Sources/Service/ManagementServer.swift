@@ -46,7 +46,7 @@ public final class ManagementServer {
 
     private func acceptLoop() {
         vdv_set_thread_name("vdevd-mgmt")
-        acceptUntilStopped(listenFD: listener.fd, stopFD: stopEvent.fd) { c in
+        acceptUntilStopped(listenFD: listener.fd, stopFD: stopEvent.fd, log: { [logger] in logger.error("management socket: \($0)") }) { c in
             let admitted = lock.withLock { () -> Bool in
                 guard clients < Self.maxClients else { return false }
                 clients += 1
@@ -98,7 +98,8 @@ public final class ManagementServer {
                 logger.info("export added through the management socket", metadata: ["export": "\(spec.id)"])
                 return ManagementReply(ok: true)
             } catch {
-                logger.warning("add refused: \(error)", metadata: ["export": "\(spec.id)"])
+                // The error can quote what the client sent: escaped for the log.
+                logger.warning("add refused: \(logEscaped("\(error)", limit: 512))", metadata: ["export": "\(logEscaped(spec.id))"])
                 return .failure("\(error)")
             }
         case .remove(let id):

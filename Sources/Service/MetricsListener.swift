@@ -50,7 +50,7 @@ public final class MetricsListener {
 
     private func acceptLoop() {
         vdv_set_thread_name("vdevd-metrics")
-        acceptUntilStopped(listenFD: listener.fd, stopFD: stopEvent.fd) { c in answer(ClientConnection(fd: c, stopFD: stopEvent.fd)) }
+        acceptUntilStopped(listenFD: listener.fd, stopFD: stopEvent.fd, log: { [logger] in logger.error("metrics: \($0)") }) { c in answer(ClientConnection(fd: c, stopFD: stopEvent.fd)) }
     }
 
     private func answer(_ conn: ClientConnection) {

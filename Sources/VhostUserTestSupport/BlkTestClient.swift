@@ -19,12 +19,12 @@ public final class BlkTestClient {
 
     /// Connects and negotiates; `features` = nil acks everything offered (but VHOST_F_LOG_ALL, which QEMU acks only
     /// while migrating) and protocol-features' own bit is kept. `extraProtocolFeatures` asks for more than QEMU's
-    /// usual set (e.g. LOG_SHMFD, bit 1).
+    /// usual set (e.g. LOG_SHMFD, bit 1). `ram`: guest RAM made by the caller (another backing), else a memfd.
     public init(socket: String, queueCount: Int = 1, queueSize: UInt16 = 128, ramSize: UInt64 = 64 << 20,
                 features: UInt64? = nil, useAddMemReg: Bool = false, preallocateRAM: Bool = false,
-                extraProtocolFeatures: UInt64 = 0) throws {
+                extraProtocolFeatures: UInt64 = 0, ram: GuestRAM? = nil) throws {
         frontend = try VhostUserFrontend(path: socket)
-        ram = try GuestRAM(size: ramSize, guestAddress: 0x1_0000_0000, preallocate: preallocateRAM)
+        self.ram = try ram ?? GuestRAM(size: ramSize, guestAddress: 0x1_0000_0000, preallocate: preallocateRAM)
         deviceFeatures = try frontend.getU64(.getFeatures)
         protocolFeatures = try frontend.getU64(.getProtocolFeatures)
         try frontend.setProtocolFeatures(protocolFeatures & ((1 << 0) | (1 << 3) | (1 << 9) | (1 << 13) | (1 << 15) | (1 << 16)
@@ -33,9 +33,9 @@ public final class BlkTestClient {
         let want = (features ?? (deviceFeatures & ~(1 << 26))) | VhostUserFrontend.protocolFeaturesBit
         ackedFeatures = want & deviceFeatures
         try frontend.setFeatures(ackedFeatures)
-        if useAddMemReg { try frontend.addMemReg(ram) } else { try frontend.setMemTable([ram]) }
+        if useAddMemReg { try frontend.addMemReg(self.ram) } else { try frontend.setMemTable([self.ram]) }
         for i in 0..<queueCount {
-            let q = DriverVirtqueue(ram: ram, size: queueSize)
+            let q = DriverVirtqueue(ram: self.ram, size: queueSize)
             q.eventIdx = ackedFeatures & (1 << 29) != 0
             let (k, c) = try frontend.startVring(UInt32(i), q)
             queues.append(q)

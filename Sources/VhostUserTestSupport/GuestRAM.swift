@@ -14,16 +14,33 @@ public final class GuestRAM {
     public let base: UnsafeMutableRawPointer
     private var next: UInt64 = 0
 
+    /// What the RAM is made of: QEMU's memory-backend-memfd (sealing allowed, the default), a memfd that cannot
+    /// be sealed, a hugetlb memfd, or a file created at a path (memory-backend-file, e.g. on /dev/shm).
+    public enum Backing {
+        case memfd, unsealableMemfd, hugetlbMemfd, file(String)
+    }
+
     /// `preallocate`: every page gets memory now, as QEMU's `prealloc=on` does (else pages come on first touch).
-    public init(size: UInt64, guestAddress: UInt64 = 0, name: String = "guest-ram", preallocate: Bool = false) throws {
-        let fd = vdv_memfd_create(name)
-        guard fd >= 0 else { throw TestSupportError("memfd_create: \(-fd)") }
+    public init(size: UInt64, guestAddress: UInt64 = 0, name: String = "guest-ram", preallocate: Bool = false,
+                backing: Backing = .memfd) throws {
+        let fd: Int32
+        switch backing {
+        case .memfd: fd = vdv_memfd_create(name)
+        case .unsealableMemfd: fd = vdv_memfd_create_flags(name, 0)
+        case .hugetlbMemfd: fd = vdv_memfd_create_flags(name, VDV_MFD_HUGETLB | VDV_MFD_ALLOW_SEALING)
+        case .file(let path):
+            let f = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            fd = f < 0 ? -errno : f
+        }
+        guard fd >= 0 else { throw TestSupportError("creating \(backing): \(-fd)") }
         guard ftruncate(fd, off_t(size)) == 0 else { throw TestSupportError("ftruncate: \(errno)") }
         if preallocate {
             let rc = vdv_fallocate(fd, 0, 0, size)
             guard rc == 0 else { throw TestSupportError("fallocate: \(-rc)") }
         }
-        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        // A hugetlb memfd is mapped as a frontend with reserve=off would (no huge pages reserved for it).
+        let noReserve: Int32 = { if case .hugetlbMemfd = backing { return MAP_NORESERVE } else { return 0 } }()
+        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED | noReserve, fd, 0)
         guard let p, p != MAP_FAILED else { throw TestSupportError("mmap: \(errno)") }
         self.fd = fd
         self.size = size

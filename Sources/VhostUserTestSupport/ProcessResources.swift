@@ -8,7 +8,10 @@ public func openFDCount() -> Int {
     defer { closedir(d) }
     var n = 0
     while let e = readdir(d) {
-        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        // Read in place: a dirent is only as long as its name, so copying the whole d_name array reads past it.
+        let name = withUnsafePointer(to: &e.pointee.d_name) {
+            $0.withMemoryRebound(to: CChar.self, capacity: 1) { String(cString: $0) }
+        }
         if name != "." && name != ".." { n += 1 }
     }
     return n - 1   // the directory stream's own fd

@@ -12,15 +12,14 @@ public final class DirtyLog {
     /// Bytes of bitmap; pages at or past size * 8 are outside the log and not marked.
     public let size: UInt64
     private let base: UnsafeMutableRawPointer
+    private let mapping: GuestMapping
 
     /// Maps the log the frontend passed: at most 1 GiB of bitmap (32 TiB of guest memory), from an fd that really
     /// holds it (mapping past its end would fault on first touch).
     public init(fd: Int32, mmapSize: UInt64, offset: UInt64) throws {
-        base = try mapFrontendFile(fd: fd, length: mmapSize, offset: offset, what: "dirty log")
+        (mapping, base) = try mapFrontendFile(fd: fd, length: mmapSize, offset: offset, what: "dirty log")
         size = mmapSize
     }
-
-    deinit { munmap(base, Int(size)) }
 
     /// Marks every page of [gpa, gpa+length) dirty.
     @inline(__always)

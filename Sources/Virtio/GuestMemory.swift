@@ -20,6 +20,12 @@ public final class GuestMemory {
         return GuestMemory(regions: regions.filter { $0 !== r } + [r], faulter: faulter)
     }
 
+    /// Address space the table's mappings take.
+    public var mappedBytes: UInt64 { regions.reduce(0) { $0 + $1.mappedBytes } }
+
+    /// Some region's file shrank under its mapping (the SIGBUS guard caught the fault): queues on it must stop.
+    public var vanished: Bool { regions.contains { $0.vanished } }
+
     /// Host pointer and the number of contiguous bytes available from a guest-physical address.
     @inline(__always)
     public func lookup(gpa: UInt64) -> (UnsafeMutableRawPointer, UInt64)? {

@@ -11,6 +11,7 @@ public final class InflightMemory {
     public let queueSize: Int
     public let mmapSize: UInt64
     let base: UnsafeMutableRawPointer
+    private let mapping: GuestMapping
 
     /// Header (features u64, version u16, desc_num u16, last_batch_head u16, used_idx u16), then one 16-byte
     /// DescStateSplit per descriptor; queue regions 64-byte aligned.
@@ -41,21 +42,28 @@ public final class InflightMemory {
         }
     }
 
-    /// Maps a region the frontend passed (SET_INFLIGHT_FD). The fd must really hold it: mapping past its end
-    /// would fault the daemon on first touch.
-    public init(fd: Int32, mmapSize: UInt64, offset: UInt64, numQueues: Int, queueSize: Int) throws {
+    /// Maps a region the frontend passed (SET_INFLIGHT_FD). The fd must really hold it (mapping past its end
+    /// would fault the daemon on first touch) and must not be able to vanish. `ownFile`: a file vdevd made and
+    /// keeps itself (VDUSE's in-flight record), admitted as it is.
+    public init(fd: Int32, mmapSize: UInt64, offset: UInt64, numQueues: Int, queueSize: Int, ownFile: Bool = false) throws {
         guard (1...1024).contains(numQueues), queueSize > 0, queueSize <= Int(SplitVirtqueue.maxSize),
               queueSize & (queueSize - 1) == 0,
               mmapSize >= UInt64(numQueues * InflightMemory.regionSize(queueSize: queueSize)) else {
             throw SystemError("inflight region (\(numQueues) queues of \(queueSize), \(mmapSize) bytes)", errno: EINVAL)
         }
-        base = try mapFrontendFile(fd: fd, length: mmapSize, offset: offset, what: "inflight region")
+        if ownFile {
+            guard mmapSize <= 1 << 30, offset % UInt64(getpagesize()) == 0 else {
+                throw SystemError("inflight record of \(mmapSize) bytes at \(offset)", errno: EINVAL)
+            }
+            mapping = try GuestMapping(trustedFD: fd, offset: offset, length: Int(mmapSize), writable: true, what: "inflight record")
+            base = mapping.base
+        } else {
+            (mapping, base) = try mapFrontendFile(fd: fd, length: mmapSize, offset: offset, what: "inflight region")
+        }
         self.mmapSize = mmapSize
         self.numQueues = numQueues
         self.queueSize = queueSize
     }
-
-    deinit { munmap(base, Int(mmapSize)) }
 
     /// Forgets every queue's record (a device reset: the next driver starts from scratch). No ring may use it.
     public func clear() { memset(base, 0, Int(mmapSize)) }

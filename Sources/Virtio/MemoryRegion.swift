@@ -15,38 +15,34 @@ public final class MemoryRegion {
     /// Every page of the region already has memory behind it (hugetlbfs, or a preallocated memfd): registering
     /// it with io_uring (which pins every page) costs no new memory.
     public let allocated: Bool
-    private let mapBase: UnsafeMutableRawPointer
-    private let mapLength: Int
+    private let mapping: GuestMapping
+    private let budget: GuestMemoryBudget?
 
     /// Regions larger than this are refused: a frontend cannot make us reserve absurd address space.
     public static let maxSize: UInt64 = 1 << 40
 
     /// Maps `size` bytes at `mmapOffset` of fd. The fd is not kept (the mapping holds the memory).
-    public init(fd: Int32, guestAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64) throws {
+    /// `budget`: the export's account, charged with the mapping while it lives.
+    public init(fd: Int32, guestAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64,
+                budget: GuestMemoryBudget? = nil) throws {
         guard size > 0, size <= MemoryRegion.maxSize,
               mmapOffset <= MemoryRegion.maxSize,
               guestAddress.addingReportingOverflow(size).overflow == false,
               userAddress.addingReportingOverflow(size).overflow == false
         else { throw SystemError("mmap(region size)", errno: EINVAL) }
-        // The fd must really hold what is claimed: mapping past its end would SIGBUS the daemon on first touch.
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SystemError("fstat(region fd)", errno: Glibc.errno) }
-        guard st.st_mode & S_IFMT == S_IFREG else { throw SystemError("region fd is not a memory file", errno: EINVAL) }
-        guard size + mmapOffset <= UInt64(st.st_size) else {
-            throw SystemError("region of \(size) bytes at offset \(mmapOffset) past the fd's \(st.st_size) bytes", errno: EINVAL)
-        }
-        let length = Int(size + mmapOffset)
-        // Map from offset 0 so a non-page-aligned mmap_offset still works (as libvhost-user does).
-        let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0)
-        guard let p, p != MAP_FAILED else { throw SystemError("mmap", errno: Glibc.errno) }
+        let length = size + mmapOffset
+        // Map from offset 0 so a non-page-aligned mmap_offset still works (as libvhost-user does). The mapping
+        // checks the fd holds all of it (past its end the first touch would fault) and that it cannot vanish.
+        let m = try GuestMapping(fd: fd, length: length, what: "guest memory region")
         self.guestAddress = guestAddress
         self.size = size
         self.userAddress = userAddress
         self.mmapOffset = mmapOffset
-        self.mapBase = p
-        self.mapLength = length
-        self.allocated = vdv_memory_fd_allocated(fd, UInt64(length)) == 1
-        self.host = p + Int(mmapOffset)
+        self.mapping = m
+        self.allocated = vdv_memory_fd_allocated(fd, length) == 1
+        self.host = m.base + Int(mmapOffset)
+        self.budget = budget
+        budget?.charge(UInt64(m.length))
     }
 
     /// Maps `size` bytes at `offset` of a file the kernel handed out for an IOVA range (VDUSE_IOTLB_GET_FD), at
@@ -58,20 +54,26 @@ public final class MemoryRegion {
         else { throw SystemError("mmap(IOTLB range)", errno: EINVAL) }
         let page = UInt64(getpagesize())
         let start = offset & ~(page - 1)
-        let length = Int(size + (offset - start))
-        let p = mmap(nil, length, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, off_t(start))
-        guard let p, p != MAP_FAILED else { throw SystemError("mmap(IOTLB range)", errno: Glibc.errno) }
+        let m = try GuestMapping(trustedFD: fd, offset: start, length: Int(size + (offset - start)), writable: writable,
+                                 what: "IOTLB range")
         self.guestAddress = guestAddress
         self.size = size
         self.userAddress = guestAddress
         self.mmapOffset = offset
-        self.mapBase = p
-        self.mapLength = length
+        self.mapping = m
         self.allocated = false
-        self.host = p + Int(offset - start)
+        self.host = m.base + Int(offset - start)
+        self.budget = nil
     }
 
-    deinit { munmap(mapBase, mapLength) }
+    deinit { budget?.release(UInt64(mapping.length)) }
+
+    /// Bytes of address space the region's mapping takes (from fd offset 0, whole pages).
+    public var mappedBytes: UInt64 { UInt64(mapping.length) }
+
+    /// The file behind the region shrank and a fault replaced it with zero memory (see GuestMapping).
+    @inline(__always)
+    public var vanished: Bool { mapping.vanished }
 
     @inline(__always)
     func containsGuest(_ gpa: UInt64) -> Bool { gpa >= guestAddress && gpa - guestAddress < size }

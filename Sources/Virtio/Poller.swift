@@ -62,6 +62,8 @@ public final class Poller {
     private var completionTargets: ContiguousArray<Active?> = []
     /// Queues assigned to this poller, for balancing (read under the commands lock by the control side).
     private var assignedCount = 0
+    /// The SIGBUS guard's generation this poller last looked at (0: none yet; a new queue is checked at attach).
+    private var seenFaultGeneration: UInt64 = 0
 
     enum Command {
         case attach(QueueBinding, FixedBufferMap?, (QueueContext) throws -> QueueHandler, Completion<Result<UInt16, Error>>)
@@ -273,6 +275,12 @@ public final class Poller {
             }
             // After the epoll drain: the control eventfd it consumed may stand for commands queued just now.
             if vdv_load_relaxed_u8(commandsPending) != 0 { guestWork = runCommands() || guestWork }
+            // One load a pass: a SIGBUS on some guest mapping (the guard replaced it with zeroes) stops its queues.
+            let faults = GuestMapping.faultGeneration
+            if faults != seenFaultGeneration {
+                seenFaultGeneration = faults
+                stopQueuesOnVanishedMemory()
+            }
             var completions = ioRing.reap(deliverCompletion) > 0
             if let aio, aio.reap(deliverCompletion) > 0 { completions = true }
             // Index loops: iterating the array itself would retain its storage on every pass.
@@ -287,7 +295,8 @@ public final class Poller {
                     slots[a.slot]!.broken = true
                     pause(slot: a.slot)
                     a.binding.stats.add(.errors)
-                    a.binding.onError(error)
+                    // Zeroes where the memory vanished break ring rules too; the vanishing is the cause to report.
+                    a.binding.onError(a.binding.vq.memory.vanished ? VirtqueueError.guestMemoryVanished : error)
                 }
             }
             ioRing.submit()
@@ -329,6 +338,20 @@ public final class Poller {
         }
         // Exit: nothing may be left running; drain what is in flight.
         for a in active { if let slot = slots[a.slot] { removeFromEpoll(slot) } }
+    }
+
+    /// Queues whose guest memory vanished (see GuestMapping) stop with an error; other queues go on.
+    private func stopQueuesOnVanishedMemory() {
+        var i = 0
+        while i < active.count {
+            let a = active[i]
+            i += 1
+            if a.paused || !a.binding.vq.memory.vanished { continue }
+            slots[a.slot]!.broken = true
+            pause(slot: a.slot)
+            a.binding.stats.add(.errors)
+            a.binding.onError(VirtqueueError.guestMemoryVanished)
+        }
     }
 
     /// An I/O completion goes to the queue whose slot its user_data names.
@@ -389,6 +412,8 @@ public final class Poller {
                     let a = Active(slot: id, handler: handler, binding: binding)
                     active.append(a)
                     completionTargets[id] = a
+                    // Memory that vanished before the queue came here: looked at on this pass.
+                    if binding.vq.memory.vanished { seenFaultGeneration = 0 }
                     done.fulfill(.success(UInt16(id)))
                 } catch {
                     done.fulfill(.failure(error))
@@ -449,6 +474,8 @@ public final class Poller {
         while i < active.count {
             let s = active[i].slot
             if let slot = slots[s], slot.stopping != nil, slot.handler.inflight > 0 {
+                // What the handler does a piece a pass (large inline transfers) goes on while the queue drains.
+                _ = slot.handler.continueStarted()
                 let waited = now &- slot.stopAskedAt
                 if !slot.cancelled && waited >= stopTimeoutMicros {
                     slots[s]!.cancelled = true

@@ -59,10 +59,14 @@ public protocol QueueHandler: AnyObject {
     var abandonedInFlight: Int { get }
     /// The queue's memory changed, and with it where guest memory lies in the poller's registered buffers.
     func fixedBuffersChanged(_ map: FixedBufferMap?)
+    /// Moves on requests the handler does a piece a pass (large inline transfers); the poller calls it for a queue
+    /// that is stopping, which process() no longer runs for. True if any moved.
+    func continueStarted() -> Bool
 }
 
 extension QueueHandler {
     public func fixedBuffersChanged(_ map: FixedBufferMap?) {}
+    public func continueStarted() -> Bool { false }
     public func detached() {}
     public func cancelInFlight() {}
     public func abandonInFlight() -> Int { 0 }

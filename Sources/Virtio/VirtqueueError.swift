@@ -14,6 +14,7 @@ public enum VirtqueueError: Error, Equatable, CustomStringConvertible {
     case indirectTableInvalid(UInt32)         // length zero, not a multiple of 16 or too long
     case readableAfterWritable                // device-readable after device-writable (2.7.4.2)
     case tooManySegments                      // more host segments than the request slot holds
+    case guestMemoryVanished                  // the file behind guest memory shrank under its mapping (SIGBUS guard)
 
     public var description: String {
         switch self {
@@ -31,6 +32,7 @@ public enum VirtqueueError: Error, Equatable, CustomStringConvertible {
         case .indirectTableInvalid(let l): return "indirect table length \(l) invalid"
         case .readableAfterWritable: return "device-readable descriptor after a device-writable one"
         case .tooManySegments: return "chain has too many segments"
+        case .guestMemoryVanished: return "guest memory vanished: the file behind it shrank under the mapping"
         }
     }
 }

@@ -14,9 +14,22 @@ extension VsockEngine {
             return
         }
         let path = "\(device.options.udsPath)_\(h.dstPort)"
-        let fd = vdv_unix_connect_nb(path, type == .seqpacket ? Int32(SOCK_SEQPACKET.rawValue) : Int32(SOCK_STREAM.rawValue))
-        guard fd >= 0 else {
+        let fd: Int32
+        switch VsockHostSocket.connect(path: path, type: type == .seqpacket ? Int32(SOCK_SEQPACKET.rawValue) : Int32(SOCK_STREAM.rawValue),
+                                       allowedOwners: device.options.hostSocketOwners) {
+        case .connected(let f):
+            fd = f
+            if !capsHit.isEmpty { capsHit.remove("refused:\(path)") }
+        case .absent:
             // Nothing listens for that port: the guest gets RST (its connect fails with ECONNRESET).
+            queueReset(for: h)
+            return
+        case .refused(let why):
+            // Once per path while it stays refused: a guest retrying in a loop does not flood the log.
+            if capsHit.insert("refused:\(path)").inserted {
+                device.log("guest port \(h.srcPort): \(path) \(why); not connecting (RST; not logged again for this path)")
+            }
+            tx?.stats.add(.errors)
             queueReset(for: h)
             return
         }

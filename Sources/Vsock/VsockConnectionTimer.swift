@@ -67,6 +67,7 @@ extension VsockEngine {
             timer?.arm(false)
             return
         }
+        expireWaitingHostConnections(now: now)
         for c in connections.values where c.pausedForCredit { askForCredit(c, now: now) }
         if stallTimeout > 0 { checkStalls(now: now, timeout: stallTimeout) }
     }

@@ -33,6 +33,9 @@ final class VsockEngine: FDWatcher {
     /// Out of fds: the listener left epoll until a connection closes.
     var listenerPaused = false
     var timer: VsockConnectionTimer?
+    /// Caps hit and not yet left (VsockHostConnectionLimits), and host socket paths refused (VsockHostSocket):
+    /// each is logged once when it is reached.
+    var capsHit = Set<String>()
     var resetEventDue: Bool
     var failure: Error?
     var nextHostPort: UInt32 = 1 << 30

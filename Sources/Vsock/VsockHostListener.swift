@@ -17,17 +17,9 @@ extension VsockEngine {
                 return
             }
             if fd < 0 { return }
-            var waiting = connections.keys.reduce(0) { $0 + ($1.peerCID == 0 ? 1 : 0) }
-            if waiting >= VsockOptions.maxAwaitingConnectLine {
-                // Full of silent host connections: those that never sent their line in time make room.
-                let now = Double(monotonicMicros()) / 1e6
-                for c in Array(connections.values) where c.state == .awaitingConnectLine
-                    && now - c.acceptedAt > VsockOptions.connectLineTimeout {
-                    close(c)
-                    waiting -= 1
-                }
-            }
-            guard connections.count < VsockOptions.maxConnections, waiting < VsockOptions.maxAwaitingConnectLine else {
+            // Full of host connections that have not sent their line: the oldest makes room (a real client sends
+            // its line at once, so rotating silent connections can no longer keep everyone out).
+            if !makeRoomForHostConnection() {
                 closeFD(fd)
                 continue
             }
@@ -69,13 +61,14 @@ extension VsockEngine {
         let early = Array(c.connectLine[(nl + 1)...])
         let parts = line.split(separator: " ")
         guard parts.count == 2, parts[0] == "CONNECT", let port = UInt32(parts[1]) else {
-            device.log("host connection sent '\(line.prefix(32))', expected CONNECT <port>; closed")
+            device.log("host connection sent '\(logEscaped(lineBytes, limit: 32))', expected CONNECT <port>; closed")
             return close(c)
         }
         guard rx != nil, tx != nil else {
             device.log("host connection for guest port \(port) closed: the guest driver has not started the device")
             return close(c)
         }
+        guard roomForGuestAnswer() else { return close(c) }
         var hostPort = nextHostPort
         while connections.keys.contains(where: { $0.peerPort == hostPort && $0.peerCID == VsockLayout.hostCID }) { hostPort &+= 1 }
         nextHostPort = hostPort &+ 1
@@ -85,6 +78,7 @@ extension VsockEngine {
         connections[c.key] = nil
         let conn = VsockConnection(key: key, type: .stream, fd: c.fd, state: .connecting)
         conn.early = early
+        conn.acceptedAt = Double(monotonicMicros()) / 1e6
         conn.engine = self
         conn.bufAlloc = bufAlloc
         conn.watched = 0

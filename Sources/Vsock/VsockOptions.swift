@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What an operator sets on a vsock export.
 public struct VsockOptions: Equatable {
     public var id: String
@@ -14,6 +18,9 @@ public struct VsockOptions: Equatable {
     /// A connection with data or credit pending that makes no progress for this long is logged once with
     /// its state and counted (`stalls` in the tx queue's stats); 0 turns the check off.
     public var stallTimeoutMs: UInt32 = 5000
+    /// Who may own a `<udsPath>_<port>` socket a guest connects to: vdevd's user, root, and the owner set for the
+    /// export's sockets (socket-owner), if any.
+    public var hostSocketOwners: [uid_t] = [geteuid(), 0]
 
     public init(id: String, guestCID: UInt64, udsPath: String) {
         self.id = id
@@ -33,6 +40,11 @@ public struct VsockOptions: Equatable {
     /// longer than `connectLineTimeout` seconds are closed to make room.
     public static var maxAwaitingConnectLine = 256
     public static var connectLineTimeout = 10.0
+    /// Host connections that sent CONNECT and wait for the guest's answer (RESPONSE or RST); past the cap new ones
+    /// are closed, and each is closed (and the guest sent RST) after `guestAnswerTimeout` seconds or when the host
+    /// peer gives up.
+    public static var maxAwaitingGuestAnswer = 256
+    public static var guestAnswerTimeout = 10.0
     /// While a connection waits for the guest's credit, the guest is asked for it (CREDIT_REQUEST) again after
     /// this long, then twice as long each time, up to 16 times this.
     public static let creditRequestIntervalMicros: UInt64 = 200_000

@@ -16,10 +16,31 @@ public final class VsockRegistry {
         lock.withLock { groups.lazy.compactMap { self.groupPoller[$0] }.first }
     }
 
-    public func add(_ d: VsockDevice, poller: Int) {
-        lock.withLock {
-            members.append((d, Set(d.options.groups)))
-            for g in d.options.groups where groupPoller[g] == nil { groupPoller[g] = poller }
+    /// Why a device cannot join: its groups are served by different pollers (it would relay between their threads),
+    /// or the poller asked for is not its groups' poller.
+    public struct JoinError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Adds a device and decides its poller, under one lock: the poller of its groups (every group it names must
+    /// already be on that one poller, or on none yet), else `requested`, else `pick()`. Every group it names is
+    /// then on that poller, so exports joined through groups, directly or through a third, share one poller and
+    /// relaying between them stays on one thread (issue 14, item 7).
+    public func join(_ d: VsockDevice, requested: Int?, pick: () -> Int) throws -> Int {
+        try lock.withLock {
+            let groups = d.options.groups
+            var held: [(group: String, poller: Int)] = []
+            for g in groups { if let p = groupPoller[g] { held.append((g, p)) } }
+            if let first = held.first, let other = held.first(where: { $0.poller != first.poller }) {
+                throw JoinError(description: "its groups \(first.group) (poller \(first.poller)) and \(other.group) (poller \(other.poller)) are served by different pollers; joining them would relay between threads")
+            }
+            if let p = held.first?.poller, let r = requested, r != p {
+                throw JoinError(description: "its group is served by poller \(p); poller=\(r) would split it")
+            }
+            let poller = held.first?.poller ?? requested ?? pick()
+            members.append((d, Set(groups)))
+            for g in groups where groupPoller[g] == nil { groupPoller[g] = poller }
+            return poller
         }
     }
 

@@ -69,7 +69,7 @@ final class DataPathMatrixTests: ExportTestCase {
         return st
     }
 
-    /// On tmpfs zeros are written by hand on the poller, so one range is capped at 8 MiB (16384 sectors) and
+    /// On tmpfs zeros are written by hand on the poller, so one range is capped at 1 MiB (2048 sectors) and
     /// the config says so; a file system with FALLOC_FL_ZERO_RANGE keeps the 1 GiB limit.
     func testWriteZeroesLimitFollowsTheFileSystem() throws {
         guard let shm = try tmpfsDir() else { throw XCTSkip("/dev/shm is not tmpfs") }
@@ -79,14 +79,14 @@ final class DataPathMatrixTests: ExportTestCase {
         let onShm = try serve(id: "wzl-shm", image: shmImage)
         let onDisk = try serveImage(id: "wzl-disk", in: nil, options: "")
         let c = try BlkTestClient(socket: onShm.socket)
-        XCTAssertEqual(try c.frontend.getConfig(offset: 48, size: 4).u32(0), 16384, "max_write_zeroes_sectors on tmpfs")
+        XCTAssertEqual(try c.frontend.getConfig(offset: 48, size: 4).u32(0), 2048, "max_write_zeroes_sectors on tmpfs")
         XCTAssertEqual(try c.frontend.getConfig(offset: 36, size: 4).u32(0), 1 << 21, "discard keeps its limit")
         let d = try BlkTestClient(socket: onDisk.socket)
         XCTAssertEqual(try d.frontend.getConfig(offset: 48, size: 4).u32(0), 1 << 21, "max_write_zeroes_sectors on disk")
         // One sector past the tmpfs limit is refused, and the file keeps its bytes.
-        XCTAssertEqual(try c.ranges(.writeZeroes, [(0, 16392, 0)]), Status.ioerr)
+        XCTAssertEqual(try c.ranges(.writeZeroes, [(0, 2056, 0)]), Status.ioerr)
         XCTAssertEqual(try readFile(onShm.image, offset: 0, count: 4096), imageBytes(0, 4096))
-        XCTAssertEqual(try c.ranges(.writeZeroes, [(0, 16384, 0)]), Status.ok)
+        XCTAssertEqual(try c.ranges(.writeZeroes, [(0, 2048, 0)]), Status.ok)
         XCTAssertEqual(try readFile(onShm.image, offset: 0, count: 4096), [UInt8](repeating: 0, count: 4096))
     }
 

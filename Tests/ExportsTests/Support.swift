@@ -319,3 +319,14 @@ class ExportTestCase: XCTestCase {
 func skipUnavailable<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let e as Unavailable { throw XCTSkip(e.description) }
 }
+
+extension VhostUserFrontend {
+    /// SET_MEM_TABLE with these regions; the backend's answer (0: accepted) when REPLY_ACK is on.
+    func memTableAck(_ rams: [GuestRAM]) throws -> UInt64? {
+        var p: [UInt8] = []
+        p.le(UInt32(rams.count))
+        p.le(UInt32(0))
+        for r in rams { p += regionPayload(r) }
+        return try command(.setMemTable, payload: p, fds: rams.map(\.fd))
+    }
+}

@@ -94,7 +94,7 @@ final class ConfigFileTests: XCTestCase {
             (export + "\n[[export]]\ntype = \"vhost-user-blk\"\nid = \"d1\"\npath = \"/i\"\nsocket = \"/t\"\nreadonly = \"maybe\"\n",
              "f.toml:12: [[export]] #2 'd1', key 'readonly': expected on or off, got 'maybe'"),
             (export + "colour = \"blue\"\n",
-             "f.toml:6: [[export]] #1 'd0', key 'colour': unknown key for vhost-user-blk (known: id, path, socket, num-queues, queue-size, readonly, direct, logical-block-size, write-cache, engine, inline-io, fixed-buffers, poller, socket-mode, socket-owner, socket-group)"),
+             "f.toml:6: [[export]] #1 'd0', key 'colour': unknown key for vhost-user-blk (known: id, path, socket, num-queues, queue-size, readonly, direct, logical-block-size, write-cache, engine, inline-io, fixed-buffers, poller, socket-mode, socket-owner, socket-group, max-guest-memory)"),
             ("[[export]]\ntype = \"vhost-user-blk\"\nid = \"d0\"\npath = \"/i\"\n",
              "f.toml:1: [[export]] #1 'd0', key 'socket': required"),
             ("[[export]]\nid = \"d0\"\n",

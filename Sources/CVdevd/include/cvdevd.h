@@ -95,6 +95,7 @@ enum { VDV_EPOLLIN = 1, VDV_EPOLLOUT = 4, VDV_EPOLLERR = 8, VDV_EPOLLHUP = 16, V
 
 // ---- Unix sockets with SCM_RIGHTS ----
 // recvmsg with up to maxfds fds (close-on-exec); extra fds beyond maxfds are closed and *truncated set to 1.
+// *truncated is 2 when the kernel could not install the fds sent (this process is out of fds: EMFILE).
 int64_t vdv_recv_with_fds(int32_t sock, void *buf, uint64_t len, int32_t *fds, uint32_t maxfds, uint32_t *nfds,
                           int32_t *truncated);
 int64_t vdv_send_with_fds(int32_t sock, const void *buf, uint64_t len, const int32_t *fds, uint32_t nfds);
@@ -103,6 +104,12 @@ int32_t vdv_unix_listen(const char *path, uint32_t mode, int32_t backlog);
 // Like vdv_unix_listen, with an owner and group (-1: unchanged), and the path appears only once the socket has
 // its final mode, owner and group and listens. Never replaces an existing file (-EEXIST).
 int32_t vdv_unix_listen_owned(const char *path, uint32_t mode, int64_t uid, int64_t gid, int32_t backlog);
+// The same, also giving the socket file's device and inode (taken before the path appears), so that only that
+// inode is removed at exit.
+int32_t vdv_unix_listen_owned_inode(const char *path, uint32_t mode, int64_t uid, int64_t gid, int32_t backlog,
+                                    uint64_t *dev, uint64_t *ino);
+// open(path, O_PATH | O_NOFOLLOW): an fd naming the file itself (a symlink is not followed); fd or -errno.
+int32_t vdv_open_path_nofollow(const char *path);
 // TCP listener on an IPv4/IPv6 literal; fd or -errno (-EINVAL for a host that is not a literal).
 int32_t vdv_tcp_listen(const char *host, uint16_t port, int32_t backlog);
 uint16_t vdv_tcp_local_port(int32_t fd);
@@ -137,6 +144,7 @@ typedef struct {
 } vdv_backing_info;
 // 0, or -errno; -EINVAL when fd is neither a regular file nor a block device.
 int32_t vdv_backing_probe(int32_t fd, vdv_backing_info *info);
+// A memfd that allows sealing (as QEMU's memory-backend-memfd makes): vdevd seals guest memory against shrinking.
 int32_t vdv_memfd_create(const char *name);
 // 1 when the first `length` bytes of a guest memory fd already have memory behind them (hugetlbfs, or a file
 // whose blocks cover the length: preallocated), so pinning them allocates nothing; else 0.
@@ -213,6 +221,46 @@ int32_t vdv_vduse_read_request(int32_t dev_fd, vdv_vduse_request *out);
 // struct vduse_dev_response: OK or FAILED; the vq state for GET_VQ_STATE.
 int32_t vdv_vduse_write_response(int32_t dev_fd, uint32_t request_id, int32_t ok, uint32_t vq_index,
                                  uint16_t avail_index);
+
+// ---- Guest memory fds: what file system they live on, whether they can shrink ----
+enum { VDV_MEMFS_OTHER = 0, VDV_MEMFS_SHMEM = 1, VDV_MEMFS_HUGETLB = 2 };
+typedef struct {
+    int64_t size;
+    int32_t is_regular;
+    int32_t is_memfd;       // made by memfd_create (/proc/self/fd names it "/memfd:...")
+    int32_t fs_kind;        // VDV_MEMFS_*
+    int32_t seals;          // F_GET_SEALS, or -1 where the file system has no seals
+    uint64_t fs_magic;      // statfs f_type, for messages
+    uint64_t block_size;    // st_blksize: the huge page size on hugetlbfs
+} vdv_memory_fd_info;
+int32_t vdv_memory_fd_describe(int32_t fd, vdv_memory_fd_info *info);
+extern const int32_t VDV_F_SEAL_SEAL;
+extern const int32_t VDV_F_SEAL_SHRINK;
+// F_ADD_SEALS(F_SEAL_SHRINK); 0 or -errno (-EPERM: the memfd was made without MFD_ALLOW_SEALING, or is sealed).
+int32_t vdv_memfd_seal_shrink(int32_t fd);
+extern const uint32_t VDV_MFD_ALLOW_SEALING;
+extern const uint32_t VDV_MFD_HUGETLB;
+// memfd_create(name, MFD_CLOEXEC | flags); fd or -errno.
+int32_t vdv_memfd_create_flags(const char *name, uint32_t flags);
+
+// ---- Guest mappings that survive their file vanishing (SIGBUS), see guest_fault.c ----
+enum { VDV_GUEST_MAPPING_SLOTS = 8192 };
+// Installs the SIGBUS handler once; 0 or -errno.
+int32_t vdv_guest_fault_guard_install(void);
+// Registers [start, start+length) (length rounded to the mapping's page size); slot or -errno (-ENOSPC: full).
+int32_t vdv_guest_mapping_register(void *start, uint64_t length);
+void vdv_guest_mapping_unregister(int32_t slot);
+// 1 once a fault in the slot's mapping replaced it with zero memory.
+int32_t vdv_guest_mapping_faulted(int32_t slot);
+// Bumped at every such fault: a poller compares it once a pass.
+uint64_t vdv_guest_fault_generation(void);
+
+// ---- Process limits ----
+// RLIMIT_NOFILE's soft limit raised to the hard limit; before and after are the soft limits. 0 or -errno.
+int32_t vdv_raise_nofile_limit(uint64_t *before, uint64_t *after);
+// Sets the soft RLIMIT_NOFILE (tests); 0 or -errno.
+int32_t vdv_set_nofile_soft_limit(uint64_t soft);
+uint64_t vdv_nofile_soft_limit(void);
 
 #endif
 

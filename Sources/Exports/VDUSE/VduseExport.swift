@@ -96,7 +96,7 @@ public final class VduseExport: Export {
             // A record for another layout says nothing about this device: start it empty.
             guard ftruncate(fd, 0) == 0, ftruncate(fd, off_t(size)) == 0 else { throw SystemError("ftruncate(\(path))", errno: errno) }
         }
-        return try InflightMemory(fd: fd, mmapSize: size, offset: 0, numQueues: queues, queueSize: queueSize)
+        return try InflightMemory(fd: fd, mmapSize: size, offset: 0, numQueues: queues, queueSize: queueSize, ownFile: true)
     }
 
     /// Set when the device was taken over: the request loop first resumes a driver already running on it.

@@ -22,6 +22,11 @@ public final class VhostUserExport: Export {
     private var connected = false
     private var connectionsServed = 0
     private var queuePollers: [Int?]
+    /// Guest memory mapped for this export's frontends (the cap is max-guest-memory).
+    public let memoryBudget = GuestMemoryBudget()
+    /// How long a new frontend has to start its handshake (SET_OWNER or SET_FEATURES) before it is closed: one
+    /// frontend is served at a time, and a silent one would hold the export forever (issue 14, finding 6).
+    public static var handshakeTimeoutMillis = 10_000
     /// Run at stop, after the socket is removed (e.g. a vsock export's host socket).
     public var onStop: [() -> Void] = []
 
@@ -76,6 +81,7 @@ public final class VhostUserExport: Export {
     private func acceptLoop() {
         vdv_set_thread_name("vdevd-\(id)")
         guard let listenFD = listener?.fd else { return }
+        var throttle = AcceptThrottle()
         while true {
             var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
@@ -83,6 +89,7 @@ public final class VhostUserExport: Export {
             if n < 0 { if errno == EINTR { continue }; logger.error("poll: \(errno)"); return }
             if fds[1].revents != 0 { return }
             let c = vdv_accept(listenFD)
+            if throttle.pauseIfExhausted(c, stopFD: stopEvent.fd, log: { logger.error("\($0)") }) { continue }
             if c < 0 { continue }
             stateLock.withLock {
                 connected = true
@@ -91,7 +98,10 @@ public final class VhostUserExport: Export {
             logger.info("frontend connected")
             let session = VhostUserSession(device: device, pollers: pollers, preferredPoller: preferredPoller,
                                            queueStats: queueStats,
-                                           connection: VhostUserConnection(fd: c, stopFD: stopEvent.fd), logger: logger)
+                                           connection: VhostUserConnection(fd: c, stopFD: stopEvent.fd,
+                                                                               handshakeMillis: Self.handshakeTimeoutMillis),
+                                           logger: logger)
+            session.memoryBudget = memoryBudget
             session.onPlacement = { [self] q, p in stateLock.withLock { queuePollers[q] = p } }
             session.serve()
             stateLock.withLock { connected = false }

@@ -62,9 +62,12 @@ public enum VhostUserError: Error, CustomStringConvertible {
     /// A well-formed request we refuse: answered with a failure where the frontend asked for a reply.
     case rejected(String)
     case disconnected
+    /// The frontend did not finish its handshake in time (one frontend at a time: a silent one would hold the export).
+    case handshakeTimedOut(milliseconds: Int)
 
     public var description: String {
         switch self {
+        case .handshakeTimedOut(let ms): return "frontend did not start its handshake (SET_OWNER or SET_FEATURES) within \(ms) ms"
         case .malformed(let s): return "malformed message: \(s)"
         case .rejected(let s): return s
         case .disconnected: return "frontend disconnected"

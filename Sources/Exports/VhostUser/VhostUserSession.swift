@@ -26,6 +26,8 @@ final class VhostUserSession {
         get { session.queues }
         _modify { yield &session.queues }
     }
+    /// The export's account of mapped guest memory (its cap and the retired-table rule); none: unaccounted.
+    var memoryBudget: GuestMemoryBudget?
 
     /// What this backend supports of the protocol.
     static let supportedProtocolFeatures: UInt64 =
@@ -121,6 +123,7 @@ final class VhostUserSession {
         case .getFeatures:
             try connection.replyU64(to: m.request, offeredFeatures)
         case .setFeatures:
+            connection.handshakeDone()
             try expectPayload(m, 8)
             let f = try r.u64(0)
             guard f & ~offeredFeatures == 0 else {
@@ -152,7 +155,7 @@ final class VhostUserSession {
             }
             protocolFeatures = f
         case .setOwner:
-            break
+            connection.handshakeDone()
         case .resetOwner, .resetDevice:
             resetDevice()
         case .getQueueNum:
@@ -287,7 +290,7 @@ final class VhostUserSession {
     private func region(_ r: PayloadReader, at off: Int, fd: Int32) throws -> MemoryRegion {
         let gpa = try r.u64(off), size = try r.u64(off + 8), uva = try r.u64(off + 16), mo = try r.u64(off + 24)
         do {
-            return try MemoryRegion(fd: fd, guestAddress: gpa, size: size, userAddress: uva, mmapOffset: mo)
+            return try MemoryRegion(fd: fd, guestAddress: gpa, size: size, userAddress: uva, mmapOffset: mo, budget: memoryBudget)
         } catch {
             throw VhostUserError.rejected("cannot map region gpa=0x\(String(gpa, radix: 16)) size=\(size): \(error)")
         }
@@ -299,6 +302,7 @@ final class VhostUserSession {
         guard n <= Self.maxMemSlots, m.payload.count >= 8 + 32 * n, m.fds.count == n else {
             throw VhostUserError.malformed("SET_MEM_TABLE with \(n) regions, \(m.fds.count) fds, \(m.payload.count) bytes")
         }
+        try admitMemory(r, at: (0..<n).map { 8 + 32 * $0 })
         var regions: [MemoryRegion] = []
         for i in 0..<n { regions.append(try region(r, at: 8 + 32 * i, fd: m.fds[i])) }
         try installMemory(GuestMemory(regions: regions))
@@ -308,6 +312,7 @@ final class VhostUserSession {
         try expectPayload(m, 40)
         guard m.fds.count == 1 else { throw VhostUserError.malformed("ADD_MEM_REG with \(m.fds.count) fds") }
         guard session.memory.regions.count < Self.maxMemSlots else { throw VhostUserError.rejected("all \(Self.maxMemSlots) memory slots used") }
+        try admitMemory(r, at: [8])
         let reg = try region(r, at: 8, fd: m.fds[0])
         for old in session.memory.regions where reg.guestAddress < old.guestAddress + old.size && old.guestAddress < reg.guestAddress + reg.size {
             throw VhostUserError.rejected("region at 0x\(String(reg.guestAddress, radix: 16)) overlaps an existing one")
@@ -323,6 +328,19 @@ final class VhostUserSession {
             throw VhostUserError.rejected("no region at gpa=0x\(String(gpa, radix: 16)) size=\(size)")
         }
         try installMemory(GuestMemory(regions: kept))
+    }
+
+    /// The export's budget decides before anything is mapped (size + mmap_offset of each region described at `offsets`).
+    private func admitMemory(_ r: PayloadReader, at offsets: [Int]) throws {
+        guard let memoryBudget else { return }
+        var bytes: UInt64 = 0
+        for off in offsets {
+            let (a, o1) = bytes.addingReportingOverflow(try r.u64(off + 8))
+            let (b, o2) = a.addingReportingOverflow(try r.u64(off + 24))
+            guard !o1, !o2 else { throw VhostUserError.rejected("memory regions overflow 64 bits") }
+            bytes = b
+        }
+        if let why = memoryBudget.refusal(newBytes: bytes, currentBytes: session.memory.mappedBytes) { throw VhostUserError.rejected(why) }
     }
 
     /// Swaps the table through the device session (running rings move to it first), then starts ready rings.
