@@ -10,6 +10,13 @@ scripts/install-deps.sh
 swift build
 swift test --disable-swift-testing 2>&1 | tee .build/swift-test.log
 UNIT=$(grep -Eo 'Executed [0-9]+ tests' .build/swift-test.log | tail -1 | grep -Eo '[0-9]+')
+echo "== the same tests under AddressSanitizer (a build of their own in .build/asan)"
+# detect_leaks=0: LeakSanitizer reports the test runner's own allocations at test discovery; use-after-free,
+# overflows and the like are what this pass is for.
+swift build --build-tests --sanitize=address --build-path .build/asan
+ASAN_OPTIONS=detect_leaks=0 swift test --disable-swift-testing --sanitize=address --build-path .build/asan --skip-build \
+    2>&1 | tee .build/swift-test-asan.log | grep -E 'Executed [0-9]+ tests' | tail -1
+UNIT=$((UNIT + 1))
 echo "== fuzz: descriptor chains from hostile guest memory (libFuzzer + AddressSanitizer)"
 scripts/fuzz.sh 30000 2>&1 | tail -2
 UNIT=$((UNIT + 1))
