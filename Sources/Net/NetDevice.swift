@@ -80,8 +80,11 @@ public final class NetDevice: VirtioDevice, MigrationAnnouncer, HostMTUReceiver 
     /// VHOST_USER_NET_SET_MTU: the MTU QEMU gave the guest (host_mtu), at most the export's mtu=. Frames longer
     /// than it are dropped from then on (counted as oversized).
     public func setHostMTU(_ mtu: UInt64) -> String? {
-        let refused = linkMTU.set(mtu)
-        log(refused ?? "guest MTU \(mtu)")
+        // A refusal is logged once, by the transport that reports it to the frontend.
+        guard let refused = linkMTU.set(mtu) else {
+            log("guest MTU \(mtu)")
+            return nil
+        }
         return refused
     }
 
